@@ -1,0 +1,120 @@
+"""create_app(settings): routes, the one error handler, and the lifespan that opens the stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from runner.api import batches, files, models
+from runner.api.auth import GuardMiddleware
+from runner.api.responses import OrjsonResponse
+from runner.api.services import Services
+from runner.errors import ApiError, ServiceUnavailable, openai_error_body
+from runner.model_specs import ModelRegistry, load_model_specs
+from runner.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+ROUTES = [
+    Route("/health", models.health, methods=["GET"]),
+    Route("/v1/files", files.create_file, methods=["POST"]),
+    Route("/v1/files", files.list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", files.retrieve_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", files.delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", files.file_content, methods=["GET"]),
+    Route("/v1/batches", batches.create_batch, methods=["POST"]),
+    Route("/v1/batches", batches.list_batches, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", batches.retrieve_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", batches.delete_batch, methods=["DELETE"]),
+    Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
+    Route("/v1/model-config", models.model_config, methods=["GET"]),
+    Route("/v1/models", models.list_models, methods=["GET"]),
+]
+
+_HTTP_MESSAGES = {404: "Unknown request URL", 405: "Method not allowed for this URL"}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return OrjsonResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
+    code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
+    body = openai_error_body(f"{message}: {request.method} {request.url.path}", "invalid_request_error", None, code)
+    return OrjsonResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    if _is_disk_full(exc):
+        err: ApiError = ServiceUnavailable("The server's disk is full; retry later.", code="disk_full")
+        logger.error("disk full path=%s", request.url.path)
+        return OrjsonResponse(err.body(), status_code=err.status, headers={"retry-after": "30"})
+    logger.exception("unhandled error path=%s", request.url.path, exc_info=exc)
+    body = openai_error_body("The server had an error while processing your request.", "server_error", None,
+                             "internal_error")
+    return OrjsonResponse(body, status_code=500)
+
+
+def create_app(
+    settings: Settings,
+    registry: ModelRegistry | None = None,
+    *,
+    background: Callable[[Services], contextlib.AbstractAsyncContextManager[Any]] | None = None,
+) -> Starlette:
+    """The ASGI app. `background` (e.g. the engine supervisor) runs for the app's lifetime."""
+    models_registry = registry if registry is not None else load_model_specs(settings.models_path)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = Services(settings, models_registry)
+        app.state.services = services
+        services.resume_validation()
+        sweeper = asyncio.create_task(_sweep_forever(services))
+        try:
+            if background is not None:
+                async with background(services):
+                    yield
+            else:
+                yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            services.close()
+
+    app = Starlette(
+        routes=ROUTES,
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    app.add_middleware(GuardMiddleware, settings=settings)
+    return app
+
+
+async def _sweep_forever(services: Services) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(services.sweep)
+        except Exception:
+            logger.exception("sweep failed")
+        await asyncio.sleep(services.settings.sweep_interval)

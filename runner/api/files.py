@@ -1,0 +1,124 @@
+"""/v1/files: upload (streamed), list, retrieve, content (streamed), delete."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from runner.api.auth import owner
+from runner.api.params import choice_param, expires_after, int_param, str_param
+from runner.api.responses import OrjsonResponse
+from runner.api.services import Services
+from runner.api.uploads import receive_upload
+from runner.errors import InvalidRequest, NotFound
+from runner.ids import looks_like_id, new_file_id
+from runner.wire import file_object, page
+
+PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+
+
+def _services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _file_id(request: Request) -> str:
+    file_id = str(request.path_params["file_id"])
+    if not looks_like_id(file_id) or not file_id.startswith("file-"):
+        raise NotFound(f"No such File object: {file_id[:100]}", param="id")
+    return file_id
+
+
+def _expires_after_from_form(fields: dict[str, str]) -> int | None:
+    if "expires_after" in fields:
+        try:
+            value: Any = orjson.loads(fields["expires_after"])
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("'expires_after' must be a JSON object.", param="expires_after",
+                                 code="invalid_value") from None
+        return expires_after(value, "expires_after")
+    nested = {k[len("expires_after["):-1]: v for k, v in fields.items() if k.startswith("expires_after[")}
+    if nested:
+        return expires_after(nested, "expires_after")
+    return None
+
+
+async def create_file(request: Request) -> Response:
+    svc = _services(request)
+    tmp_path, tmp = await run_in_threadpool(svc.files.new_temp)
+    try:
+        try:
+            form = await receive_upload(request, tmp, svc.settings.max_upload_bytes)
+        finally:
+            tmp.close()
+        purpose = form.fields.get("purpose")
+        if form.filename is None:
+            raise InvalidRequest("Missing 'file': send the file as a multipart part named 'file'.", param="file",
+                                 code="missing_file")
+        if not purpose:
+            raise InvalidRequest("Missing 'purpose'.", param="purpose", code="missing_purpose")
+        if purpose not in PURPOSES:
+            raise InvalidRequest(f"Invalid purpose {purpose!r}; one of {', '.join(PURPOSES)}.", param="purpose",
+                                 code="invalid_purpose")
+        filename = form.filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"
+        if purpose == "batch" and not filename.lower().endswith(".jsonl"):
+            raise InvalidRequest("A file with purpose 'batch' must be a .jsonl file.", param="file",
+                                 code="invalid_file_format")
+        seconds = _expires_after_from_form(form.fields)
+        now = int(time.time())
+        if seconds is None and purpose == "batch":
+            seconds = svc.settings.file_expiry_seconds
+        row = await run_in_threadpool(
+            svc.files.commit_upload,
+            tmp_path,
+            file_id=new_file_id(),
+            owner=owner(request),
+            purpose=purpose,
+            filename=filename,
+            size=form.size,
+            created_at=now,
+            expires_at=None if seconds is None else now + seconds,
+        )
+    finally:
+        tmp_path.unlink(missing_ok=True)
+    return OrjsonResponse(file_object(row))
+
+
+async def list_files(request: Request) -> Response:
+    svc = _services(request)
+    purpose = str_param(request, "purpose", 64)
+    limit = int_param(request, "limit", 10_000, 1, 10_000)
+    order = choice_param(request, "order", "desc", ("asc", "desc"))
+    after = str_param(request, "after")
+    rows, has_more = await run_in_threadpool(
+        svc.files.list, owner(request), purpose=purpose, order=order, after=after, limit=limit
+    )
+    return OrjsonResponse(page([file_object(r) for r in rows], has_more))
+
+
+async def retrieve_file(request: Request) -> Response:
+    svc = _services(request)
+    row = await run_in_threadpool(svc.files.get, owner(request), _file_id(request))
+    return OrjsonResponse(file_object(row))
+
+
+async def file_content(request: Request) -> Response:
+    svc = _services(request)
+    row = await run_in_threadpool(svc.files.get, owner(request), _file_id(request))
+    return StreamingResponse(
+        iterate_in_threadpool(svc.files.iter_content(row)),
+        media_type="application/jsonl" if row["filename"].endswith(".jsonl") else "application/octet-stream",
+        headers={"content-length": str(row["bytes"])},
+    )
+
+
+async def delete_file(request: Request) -> Response:
+    svc = _services(request)
+    file_id = _file_id(request)
+    await run_in_threadpool(svc.files.delete, owner(request), file_id, int(time.time()))
+    return OrjsonResponse({"id": file_id, "object": "file", "deleted": True})

@@ -1,0 +1,37 @@
+"""GET /v1/model-config (Mithril), GET /v1/models (OpenAI), GET /health."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runner.api.responses import OrjsonResponse
+from runner.api.services import Services
+from runner.wire import model_config_object, model_object
+
+
+def _services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def model_config(request: Request) -> Response:
+    svc = _services(request)
+    specs = sorted(svc.registry.specs, key=lambda s: s.display_order)
+    stamp = svc.registry.mtime or svc.started_at
+    return OrjsonResponse({"active_models": [model_config_object(s, stamp) for s in specs]})
+
+
+async def list_models(request: Request) -> Response:
+    svc = _services(request)
+    created = int(svc.registry.mtime or svc.started_at)
+    return OrjsonResponse({"object": "list", "data": [model_object(s, created) for s in svc.registry.specs]})
+
+
+async def health(request: Request) -> Response:
+    svc: Services | None = getattr(request.app.state, "services", None)
+    if svc is None:
+        return OrjsonResponse({"status": "starting"}, status_code=503)
+    status_of = getattr(svc, "engine_status", None)
+    engine = status_of() if status_of is not None else None
+    return OrjsonResponse({"status": "ok", "engine": engine})

@@ -1,0 +1,78 @@
+"""Services: what the API process holds while it runs (stores, models, validation workers)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from runner.model_specs import ModelRegistry
+from runner.settings import Settings
+from runner.store import BatchStore, Database, FileStore
+from runner.validation import validate_batch_file
+
+logger = logging.getLogger(__name__)
+
+
+class Services:
+    """The API's stores and background work; built in the app lifespan, never a global."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.started_at = time.time()
+        self.db = Database(settings.db_path)
+        self.files = FileStore(self.db, settings.files_dir)
+        self.batches = BatchStore(self.db, self.files)
+        self.files.clean_temp()
+        self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
+
+    def resume_validation(self) -> None:
+        """Batches left in `validating` by a crash are validated again."""
+        for row in self.batches.validating():
+            self.submit_validation(row["id"])
+
+    def submit_validation(self, batch_id: str) -> None:
+        self._validators.submit(self._validate, batch_id)
+
+    def _validate(self, batch_id: str) -> None:
+        try:
+            row = self.batches.get_any(batch_id)
+            if row is None or row["status"] != "validating":
+                return
+            f = self.files.get_any(row["input_file_id"])
+            s = self.settings
+            if f is None:
+                errors = [{"code": "file_not_found", "message": f"Input file {row['input_file_id']} is gone.",
+                           "param": "input_file_id", "line": None}]
+                self.batches.fail_validation(batch_id, errors, int(time.time()), model=None)
+                return
+            result = validate_batch_file(
+                self.files.path_of(f["id"]),
+                endpoint=row["endpoint"],
+                models=self.registry,
+                max_lines=s.max_batch_lines,
+                max_line_bytes=s.max_line_bytes,
+                max_errors=s.max_batch_errors,
+            )
+            now = int(time.time())
+            if result.ok and result.model is not None:
+                self.batches.start(batch_id, model=result.model, total=result.total, now=now,
+                                   file_expiry_seconds=s.file_expiry_seconds)
+                logger.info("batch validated batch=%s lines=%d model=%s", batch_id, result.total, result.model)
+            else:
+                self.batches.fail_validation(batch_id, result.errors, now, model=result.model)
+                logger.info("batch failed validation batch=%s errors=%d", batch_id, result.error_count)
+        except Exception:
+            # Leave it in `validating`: a restart validates it again.
+            logger.exception("validation crashed batch=%s", batch_id)
+
+    def sweep(self) -> int:
+        gone = self.files.sweep_expired(int(time.time()))
+        if gone:
+            logger.info("expired files deleted count=%d", len(gone))
+        return len(gone)
+
+    def close(self) -> None:
+        self._validators.shutdown(wait=True, cancel_futures=False)
+        self.db.close()

@@ -1,0 +1,1 @@
+"""The engine process: pending lines -> backend -> output and error JSONL."""

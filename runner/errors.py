@@ -1,0 +1,150 @@
+"""The one error tree of runner.
+
+    RunnerError
+      ConfigError        bad environment, option or models.yaml; the CLI prints one line and exits 2
+      ApiError           an HTTP error in OpenAI's shape: status, type, code, param
+        InvalidRequest   400 invalid_request_error
+        Unauthorized     401 invalid_api_key
+        PermissionDenied 403
+        NotFound         404 (also for another owner's object)
+        Conflict         409 (e.g. cancelling a finished batch, an illegal status change)
+        PayloadTooLarge  413
+        RateLimited      429 with Retry-After
+        ServiceUnavailable 503 (e.g. disk full): retry later
+      LineError          one input line failed: goes to the error file, the batch goes on
+      EngineDead         the backend crashed: recoverable, the batch stays in_progress and resumes
+
+Errors become messages only at the edges: `api/app.py` renders ApiError, `cli.py` renders
+ConfigError, the engine's writer renders LineError into an error row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunnerError(Exception):
+    """Base of every error runner raises on purpose."""
+
+
+class ConfigError(RunnerError):
+    """A setting, option or models.yaml entry is wrong; the message says which and why."""
+
+
+class ApiError(RunnerError):
+    """An error answered to an HTTP client as {"error": {message, type, param, code}}."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return openai_error_body(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(ApiError):
+    """400: the request is malformed or breaks a rule of the API."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    """401: no API key, or one the server does not know."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ApiError):
+    """403: the caller may not use this server from where it is."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class NotFound(ApiError):
+    """404: no such object for this owner."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class Conflict(ApiError):
+    """409: the object's state does not allow this now."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    """413: the upload is over the configured size cap."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "file_too_large"
+
+
+class RateLimited(ApiError):
+    """429: this key sent more requests than its configured rate."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(ApiError):
+    """503: the server cannot do this right now (disk full, shutting down); retry later."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class LineError(RunnerError):
+    """One input line cannot be run; it becomes an HTTP-style error row and the batch goes on."""
+
+    def __init__(
+        self, message: str, *, status: int = 400, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.param = param
+
+    @property
+    def type(self) -> str:
+        if self.status == 404:
+            return "invalid_request_error"
+        return "invalid_request_error" if self.status < 500 else "server_error"
+
+    def body(self) -> dict[str, Any]:
+        return openai_error_body(self.message, self.type, self.param, self.code)
+
+
+class EngineDead(RunnerError):
+    """The backend or engine process died. Recoverable: batches stay in_progress and resume."""
+
+
+def openai_error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

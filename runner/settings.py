@@ -1,0 +1,165 @@
+"""Settings: RUNNER_* environment variables and CLI options -> one frozen Settings.
+
+This is the only module that reads os.environ. Each setting is declared once in SETTINGS with its
+environment variable, default and help; `tests/test_settings.py` checks that the README documents
+every one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    env: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "RUNNER_HOST", "127.0.0.1", "Address the API binds to."),
+    Setting("port", "RUNNER_PORT", 8000, "Port the API listens on.", int),
+    Setting("data_dir", "RUNNER_DATA_DIR", "./data", "Folder for the SQLite store, files and model cache."),
+    Setting("models_path", "RUNNER_MODELS", "./models.yaml", "Path of models.yaml."),
+    Setting("api_keys", "RUNNER_API_KEYS", (), "Comma-separated API keys; each key is its own owner.", _keys),
+    Setting("max_upload_bytes", "RUNNER_MAX_UPLOAD_BYTES", 200 * 1024 * 1024, "Upload size cap (413).", int),
+    Setting("max_batch_lines", "RUNNER_MAX_BATCH_LINES", 50_000, "Most request lines in one batch.", int),
+    Setting("max_line_bytes", "RUNNER_MAX_LINE_BYTES", 16 * 1024 * 1024, "Longest input line.", int),
+    Setting("max_batch_errors", "RUNNER_MAX_BATCH_ERRORS", 100, "Most validation errors listed.", int),
+    Setting(
+        "rate_limit", "RUNNER_RATE_LIMIT", 1000.0, "Requests per second per key (0 = no limit).", float
+    ),
+    Setting("rate_burst", "RUNNER_RATE_BURST", 2000, "Requests a key may send at once.", int),
+    Setting(
+        "completion_window_seconds",
+        "RUNNER_COMPLETION_WINDOW_SECONDS",
+        86_400,
+        "Seconds a batch may run before it expires (the '24h' window).",
+        int,
+    ),
+    Setting(
+        "file_expiry_seconds",
+        "RUNNER_FILE_EXPIRY_SECONDS",
+        30 * 86_400,
+        "Default lifetime of batch input files and of output and error files.",
+        int,
+    ),
+    Setting("sweep_interval", "RUNNER_SWEEP_INTERVAL", 60.0, "Seconds between expired-file sweeps.", float),
+    Setting("engine", "RUNNER_ENGINE", True, "Start the engine process with `runner serve`.", _bool),
+    Setting("backend", "RUNNER_BACKEND", "", "Override every model's backend (e.g. simulated).", str),
+    Setting("threads", "RUNNER_THREADS", 0, "CPU threads for the transformers backend (0 = auto).", int),
+    Setting(
+        "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
+    ),
+    Setting(
+        "checkpoint_interval",
+        "RUNNER_CHECKPOINT_INTERVAL",
+        0.5,
+        "Seconds between fsync + database checkpoints of output files.",
+        float,
+    ),
+    Setting("poll_interval", "RUNNER_POLL_INTERVAL", 0.2, "Seconds between engine polls for new work.", float),
+    Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: str = "./data"
+    models_path: str = "./models.yaml"
+    api_keys: tuple[str, ...] = ()
+    max_upload_bytes: int = 200 * 1024 * 1024
+    max_batch_lines: int = 50_000
+    max_line_bytes: int = 16 * 1024 * 1024
+    max_batch_errors: int = 100
+    rate_limit: float = 1000.0
+    rate_burst: int = 2000
+    completion_window_seconds: int = 86_400
+    file_expiry_seconds: int = 30 * 86_400
+    sweep_interval: float = 60.0
+    engine: bool = True
+    backend: str = ""
+    threads: int = 0
+    max_inflight: int = 0
+    checkpoint_interval: float = 0.5
+    poll_interval: float = 0.2
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.data_dir) / "runner.db"
+
+    @property
+    def files_dir(self) -> Path:
+        return Path(self.data_dir) / "files"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return Path(self.data_dir) / "models"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then RUNNER_* environment, then explicit overrides (CLI options that were given)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = env.get(s.env)
+        if raw is None:
+            continue
+        try:
+            values[s.name] = s.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{s.env}={raw!r} is not valid: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _check(s: Settings) -> None:
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port {s.port} is out of range (RUNNER_PORT)")
+    for name in ("max_upload_bytes", "max_batch_lines", "max_line_bytes", "completion_window_seconds"):
+        if getattr(s, name) <= 0:
+            env = next(x.env for x in SETTINGS if x.name == name)
+            raise ConfigError(f"{env} must be positive")
+    if s.rate_limit < 0:
+        raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")

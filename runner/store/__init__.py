@@ -1,0 +1,7 @@
+"""Everything that touches SQLite or the data dir. All SQL of runner lives in this package."""
+
+from runner.store.batches import BatchStore
+from runner.store.db import Database
+from runner.store.files import FileStore
+
+__all__ = ["BatchStore", "Database", "FileStore"]

@@ -1,0 +1,150 @@
+"""Validation: a batch input file -> (model, line count) or a list of line-numbered problems.
+
+Runs off the event loop and streams through the file, so memory stays flat whatever its size.
+Each problem has a stable `code`, the 1-based `line` and the `param` at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.jsonl import iter_lines
+from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
+
+
+@dataclass
+class ValidationResult:
+    total: int = 0
+    model: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    error_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error_count == 0
+
+
+class _Collector:
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.result = ValidationResult()
+
+    def add(self, code: str, message: str, *, line: int | None, param: str | None) -> None:
+        self.result.error_count += 1
+        if len(self.result.errors) < self.cap:
+            self.result.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+
+def validate_batch_file(
+    path: str | Path,
+    *,
+    endpoint: str,
+    models: ModelRegistry,
+    max_lines: int,
+    max_line_bytes: int,
+    max_errors: int = 100,
+) -> ValidationResult:
+    c = _Collector(max_errors)
+    res = c.result
+    seen: set[str] = set()
+    first_model: tuple[str, int] | None = None
+    try:
+        lines = iter_lines(path, max_line_bytes)
+        for lineno, raw in lines:
+            res.total += 1
+            if res.total > max_lines:
+                c.add(
+                    "too_many_requests",
+                    f"The input file has more than {max_lines} requests; split it into several batches.",
+                    line=lineno,
+                    param=None,
+                )
+                break
+            if raw is None:
+                c.add("line_too_long", f"Line {lineno} is longer than {max_line_bytes} bytes.",
+                      line=lineno, param=None)
+                continue
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                c.add("invalid_utf8", f"Line {lineno} is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
+                      line=lineno, param=None)
+                continue
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                c.add("invalid_json", f"Line {lineno} is not valid JSON: {exc}.", line=lineno, param=None)
+                continue
+            if not isinstance(obj, dict):
+                c.add("invalid_request", f"Line {lineno} must be a JSON object.", line=lineno, param=None)
+                continue
+            cid = obj.get("custom_id")
+            if "custom_id" not in obj:
+                c.add("missing_custom_id", "Every request must have a 'custom_id'.", line=lineno, param="custom_id")
+            elif not isinstance(cid, str) or not cid:
+                c.add("invalid_custom_id", "'custom_id' must be a non-empty string.", line=lineno, param="custom_id")
+            elif cid in seen:
+                c.add(
+                    "duplicate_custom_id",
+                    f"The custom_id for this request is a duplicate of another request: {cid!r}. "
+                    "custom_id must be unique within a batch.",
+                    line=lineno,
+                    param="custom_id",
+                )
+            else:
+                seen.add(cid)
+            method = obj.get("method")
+            if method != "POST":
+                c.add("invalid_method", f"'method' must be 'POST', got {method!r}.", line=lineno, param="method")
+            url = obj.get("url")
+            if not isinstance(url, str):
+                c.add("missing_url", "'url' is required and must be a string.", line=lineno, param="url")
+            elif url != endpoint:
+                if url not in SUPPORTED_ENDPOINTS:
+                    c.add("invalid_url", f"Unsupported url {url!r}; supported: {', '.join(SUPPORTED_ENDPOINTS)}.",
+                          line=lineno, param="url")
+                else:
+                    c.add("mismatched_url", f"The url {url!r} does not match the batch endpoint {endpoint!r}.",
+                          line=lineno, param="url")
+            body = obj.get("body")
+            if not isinstance(body, dict):
+                c.add("invalid_body", "'body' is required and must be a JSON object.", line=lineno, param="body")
+                continue
+            if body.get("stream") not in (None, False):
+                c.add("stream_unsupported", "'stream' is not supported in a batch.", line=lineno, param="body.stream")
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                c.add("missing_model", "'body.model' is required and must be a string.", line=lineno,
+                      param="body.model")
+                continue
+            spec = models.get(model)
+            if spec is None:
+                c.add("model_not_found", f"The model {model!r} does not exist on this server; available: "
+                      f"{', '.join(models.ids)}.", line=lineno, param="body.model")
+                continue
+            if not spec.serves(endpoint):
+                c.add("model_endpoint_mismatch",
+                      f"The model {model!r} does not serve {endpoint} (it serves {', '.join(spec.endpoints)}).",
+                      line=lineno, param="body.model")
+            if first_model is None:
+                first_model = (model, lineno)
+                res.model = model
+            elif model != first_model[0]:
+                c.add("mixed_models", f"Each input file may use a single model: line {first_model[1]} uses "
+                      f"{first_model[0]!r}, this line uses {model!r}.", line=lineno, param="body.model")
+    except OSError as exc:
+        c.add("file_unreadable", f"The input file cannot be read: {exc.strerror}.", line=None, param="input_file_id")
+    if res.total == 0 and res.error_count == 0:
+        c.add("empty_file", "The input file has no requests.", line=None, param="input_file_id")
+    if res.error_count > len(res.errors):
+        res.errors.append({
+            "code": "too_many_errors",
+            "message": f"{res.error_count - len(res.errors)} more problems were found and not listed.",
+            "param": None,
+            "line": None,
+        })
+    return res
