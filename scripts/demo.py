@@ -1,0 +1,100 @@
+"""The main job on a fresh machine: start `runner serve` on the default models.yaml (CPU, SmolLM2),
+upload examples/sample_batch.jsonl with the official openai client, run it, print the answers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--input", default=str(ROOT / "examples" / "sample_batch.jsonl"))
+    ap.add_argument("--models", default=str(ROOT / "models.yaml"))
+    ap.add_argument("--data-dir", default=str(ROOT / "data"))
+    ap.add_argument("--timeout", type=float, default=900.0)
+    args = ap.parse_args()
+
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="runner-demo-", suffix=".log", delete=False)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runner", "serve", "--port", str(port), "--data-dir", args.data_dir,
+         "--models", args.models],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                print(Path(log.name).read_text(), file=sys.stderr)
+                print("runner serve did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        client = OpenAI(base_url=base + "/v1", api_key="local")
+        with open(args.input, "rb") as f:
+            upload = client.files.create(file=f, purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")
+        print(f"batch {batch.id} created; the first run converts the model once (about 30 s)")
+        started = time.monotonic()
+        last = ""
+        while batch.status not in ("completed", "failed", "expired", "cancelled"):
+            time.sleep(1)
+            batch = client.batches.retrieve(batch.id)
+            rc = batch.request_counts
+            line = f"  {batch.status}: {rc.completed if rc else 0}/{rc.total if rc else 0} done"
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if time.monotonic() - started > args.timeout:
+                print("timed out; server log: " + log.name, file=sys.stderr)
+                return 1
+        print(f"batch {batch.status} in {time.monotonic() - started:.1f} s; usage: {batch.usage}")
+        if batch.status != "completed":
+            print(batch.errors, file=sys.stderr)
+            return 1
+        for raw in client.files.content(batch.output_file_id).text.splitlines():
+            row = orjson.loads(raw)
+            answer = row["response"]["body"]["choices"][0]["message"]["content"]
+            print(f"\n[{row['custom_id']}]\n{answer.strip()}")
+        if batch.error_file_id:
+            errors = client.files.content(batch.error_file_id).text.strip()
+            if errors:
+                print("\nerrors:\n" + errors)
+        return 0
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
