@@ -1,16 +1,299 @@
-"""`runner run`: the engine without the server, a drop-in for `vllm run-batch` (work in progress)."""
+"""`runner run`: one batch file -> output JSONL, offline, without the server.
+
+A drop-in for `vllm run-batch`: it takes that command's flags (-i, -o, --model, --served-model-name
+and the engine flags it passes on, e.g. --max-model-len 4096 --gpu-memory-utilization 0.9, which go
+to the backend as engine_args) and, without --errors, writes error rows into the output file as
+vLLM does. Unlike run-batch it streams: each finished line is appended at once, memory stays flat
+(a bounded in-flight window), and running the same command again resumes: lines whose custom_id is
+already in the output (or errors) file are skipped.
+
+Per-line problems (unknown model, wrong url, a bad body) become error rows and the run goes on.
+Input that is not a batch file at all (a line that is not JSON, or has no custom_id) stops the run
+before any work, with exit code 2 naming the line.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from runner.engine.backend import Backend, LineRequest, LineResult
+from runner.errors import ConfigError, LineError
+from runner.ids import new_line_id, new_request_id
+from runner.jsonl import iter_lines
+from runner.model_specs import ModelRegistry, ModelSpec, load_model_specs, parse_model_specs
+from runner.settings import load_settings
+from runner.wire import output_line
+
+EXIT_BAD_INPUT = 2
 
 
 def add_run_parser(sub: Any) -> None:
-    run = sub.add_parser("run", help="run one batch file offline (like vllm run-batch)")
-    run.add_argument("-i", "--input-file", dest="input_file", required=True)
-    run.add_argument("-o", "--output-file", dest="output_file", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run one batch file offline (a drop-in for `vllm run-batch`)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("-i", "--input-file", dest="input_file", required=True, help="input batch JSONL")
+    run.add_argument("-o", "--output-file", dest="output_file", required=True, help="output JSONL")
+    run.add_argument("--errors", dest="errors_file", help="error rows go here (default: into the output)")
+    group = run.add_mutually_exclusive_group()
+    group.add_argument("--models", dest="models_path", help="models.yaml to serve the lines' models from")
+    group.add_argument("--model", dest="model", help="a model path or Hugging Face id (like vllm run-batch)")
+    run.add_argument("--served-model-name", dest="served_model_name", help="the `model` name lines use")
+    run.add_argument("--backend", default=None, help="auto | vllm | transformers | simulated")
+    run.add_argument("--task", choices=("generate", "embed"), help="default: from the input's url")
+    run.add_argument("--max-tokens", type=int, default=None, help="cap when a request gives none")
+    run.add_argument("--max-inflight", type=int, default=None, help="lines in flight (default: backend's)")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads (transformers backend)")
+    run.add_argument("--data-dir", dest="data_dir", default=None, help="model cache parent (RUNNER_DATA_DIR)")
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress line")
+    # vllm run-batch flags that mean nothing offline; accepted so existing command lines work.
+    for flag in ("--output-tmp-dir", "--url", "--port", "--response-role"):
+        run.add_argument(flag, help=argparse.SUPPRESS)
+    run.add_argument("--enable-metrics", action="store_true", help=argparse.SUPPRESS)
+
+
+def _engine_args(extra: list[str]) -> dict[str, Any]:
+    """Unknown `--flag value` pairs -> engine_args, with vLLM's spelling (dashes -> underscores)."""
+    args: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--"):
+            raise ConfigError(f"unexpected argument {tok!r}")
+        key, eq, value = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:
+            if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+                value = extra[i + 1]
+                i += 1
+            else:
+                value = "true"
+        args[key] = _coerce(value)
+        i += 1
+    return args
+
+
+def _coerce(value: str) -> Any:
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if value.startswith(("{", "[")):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            pass
+    return value
+
+
+class InputScan:
+    """The pre-pass: every line is JSON with a custom_id (else exit 2), and which url/model it uses."""
+
+    def __init__(self, path: Path) -> None:
+        self.total = 0
+        self.ids: set[str] = set()
+        self.urls: set[str] = set()
+        self.models: set[str] = set()
+        for lineno, raw in iter_lines(path):
+            if raw is None:
+                raise ConfigError(f"{path}:{lineno}: line is too long")
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{lineno}: not JSON ({exc}); is this a batch file?") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
+                raise ConfigError(f"{path}:{lineno}: no string 'custom_id'; is this a batch file?")
+            self.total += 1
+            self.ids.add(obj["custom_id"])
+            if isinstance(obj.get("url"), str):
+                self.urls.add(obj["url"])
+            body = obj.get("body")
+            if isinstance(body, dict) and isinstance(body.get("model"), str):
+                self.models.add(body["model"])
+
+
+def _registry(args: argparse.Namespace, scan: InputScan, engine_args: dict[str, Any]) -> ModelRegistry:
+    if args.model:
+        task = args.task or ("embed" if scan.urls == {"/v1/embeddings"} else "generate")
+        entry: dict[str, Any] = {
+            "id": args.served_model_name or args.model,
+            "path": args.model,
+            "backend": args.backend or "auto",
+            "task": task,
+            "engine_args": engine_args,
+        }
+        if args.max_tokens:
+            entry["max_tokens"] = args.max_tokens
+        return parse_model_specs({"models": [entry]}, base_dir=Path.cwd(), source="--model")
+    registry = load_model_specs(args.models_path or load_settings().models_path)
+    if engine_args:
+        raise ConfigError("engine flags go in models.yaml's engine_args when --models is used")
+    return registry
+
+
+def _read_done(path: Path) -> set[str]:
+    """custom_ids already in an output/errors file; a torn last line (a crash mid-write) is cut off."""
+    done: set[str] = set()
+    if not path.exists():
+        return done
+    with open(path, "rb+") as f:
+        data = f.read()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            f.truncate(end)
+        for raw in data[:end].splitlines():
+            if raw.strip():
+                done.add(orjson.loads(raw)["custom_id"])
+    return done
+
+
+class Progress:
+    def __init__(self, total: int, already: int, enabled: bool) -> None:
+        self.total, self.done, self.start_done = total, already, already
+        self.tokens = 0
+        self.enabled = enabled and (sys.stderr.isatty() or os.environ.get("RUNNER_PROGRESS") == "1")
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def update(self, n: int, tokens: int) -> None:
+        self.done += n
+        self.tokens += tokens
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.5 or self.done == self.total):
+            self._last = now
+            elapsed = max(now - self.started, 1e-9)
+            rate = (self.done - self.start_done) / elapsed
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
+            sys.stderr.write(f"\r{self.done}/{self.total} lines  {rate:7.1f} lines/s  "
+                             f"{self.tokens / elapsed:8.1f} tok/s  ETA {eta_s}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _write(f: IO[bytes], row: dict[str, Any]) -> None:
+    f.write(orjson.dumps(row) + b"\n")
+    f.flush()
 
 
 def run_command(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    extra = list(getattr(args, "_extra", []))
+    try:
+        engine_args = _engine_args(extra)
+        input_path, out_path = Path(args.input_file), Path(args.output_file)
+        if not input_path.exists():
+            raise ConfigError(f"input file {str(input_path)!r} does not exist")
+        scan = InputScan(input_path)
+        registry = _registry(args, scan, engine_args)
+    except ConfigError as exc:
+        print(f"runner run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    err_path = Path(args.errors_file) if args.errors_file else None
+    done = _read_done(out_path) | (_read_done(err_path) if err_path else set())
+    overrides = {k: v for k, v in (("threads", args.threads), ("data_dir", args.data_dir),
+                                   ("backend", args.backend if not args.model else None)) if v is not None}
+    settings = load_settings(overrides)
+    progress = Progress(scan.total, len(done & scan.ids), args.progress)
+    backends: dict[str, Backend] = {}
+    out = open(out_path, "ab")
+    err = open(err_path, "ab") if err_path else out
+    try:
+        return _run(input_path, registry, settings, args, done, backends, out, err, progress)
+    finally:
+        for b in backends.values():
+            b.close()
+        progress.close()
+        out.close()
+        if err is not out:
+            err.close()
+
+
+def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argparse.Namespace, done: set[str],
+         backends: dict[str, Backend], out: IO[bytes], err: IO[bytes], progress: Progress) -> int:
+    from runner.engine.factory import make_backend  # noqa: PLC0415 - heavy backends load on demand
+
+    custom_ids: dict[str, str] = {}
+    failed = 0
+
+    def emit(custom_id: str, status: int, body: Any, tokens: int = 0) -> None:
+        nonlocal failed
+        row = output_line(new_line_id(), custom_id, status, new_request_id(), body)
+        _write(out if status == 200 else err, row)
+        failed += status != 200
+        progress.update(1, tokens)
+
+    def drain(backend: Backend) -> None:
+        for res in backend.step():
+            emit_result(res)
+
+    def emit_result(res: LineResult) -> None:
+        cid = custom_ids.pop(res.key)
+        emit(cid, res.status_code, res.body, res.usage.prompt_tokens + res.usage.completion_tokens)
+
+    for lineno, raw in iter_lines(input_path):
+        assert raw is not None  # the pre-pass rejected over-long lines
+        obj = orjson.loads(raw)
+        cid = obj["custom_id"]
+        if cid in done:
+            continue
+        done.add(cid)
+        body = obj.get("body")
+        url = obj.get("url")
+        spec: ModelSpec | None = None
+        problem: LineError | None = None
+        if obj.get("method", "POST") != "POST":
+            problem = LineError("'method' must be POST.", param="method", code="invalid_method")
+        elif not isinstance(body, dict):
+            problem = LineError("'body' must be a JSON object.", param="body", code="invalid_body")
+        else:
+            model = body.get("model")
+            spec = registry.specs[0] if model is None and len(registry.specs) == 1 else registry.get(str(model))
+            if spec is None:
+                problem = LineError(f"The model {body.get('model')!r} does not exist.", status=404,
+                                    param="model", code="model_not_found")
+            elif not isinstance(url, str) or not spec.serves(url):
+                problem = LineError(f"The url {url!r} is not served by model {spec.id!r}.", param="url",
+                                    code="invalid_url")
+        if problem is not None or spec is None or not isinstance(url, str) or not isinstance(body, dict):
+            assert problem is not None
+            emit(cid, problem.status, problem.body())
+            continue
+        backend = backends.get(spec.id)
+        if backend is None:
+            # One model at a time: finish what the others have in flight, then free them.
+            for other_id in list(backends):
+                other = backends.pop(other_id)
+                while other.has_unfinished():
+                    drain(other)
+                other.close()
+            backend = backends[spec.id] = make_backend(spec, settings)
+        limit = args.max_inflight or settings.max_inflight or backend.default_max_inflight
+        req = LineRequest(key=f"run:{lineno}", batch_id="run", custom_id=cid, endpoint=url, body=body)
+        try:
+            backend.add(req)
+        except LineError as exc:
+            emit(cid, exc.status, exc.body())
+            continue
+        custom_ids[req.key] = cid
+        while len(custom_ids) >= limit and backend.has_unfinished():
+            drain(backend)
+    for backend in backends.values():
+        while backend.has_unfinished():
+            drain(backend)
+    return 0

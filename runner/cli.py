@@ -45,7 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args._extra = extra  # `runner run` passes unknown --flags to the backend as engine_args
     overrides: dict[str, Any] = {
         k: v for k, v in vars(args).items()
         if k in Settings.__dataclass_fields__ and v is not None
