@@ -227,11 +227,14 @@ def main() -> int:
             for side in sides:
                 if side == "run-batch" and wl == "ids":
                     continue  # run-batch 0.26 has no /v1/completions
-                fn = {"raw": lambda: run_raw(cfg), "run-batch": lambda: run_batch_cli(cfg, tmp),
-                      "runner": lambda: run_runner(cfg, tmp)}[side]
                 print(f"running {side} on {wl} ...", file=sys.stderr, flush=True)
                 try:
-                    r = fn()
+                    if side == "raw":
+                        r = run_raw(cfg)
+                    elif side == "run-batch":
+                        r = run_batch_cli(cfg, tmp)
+                    else:
+                        r = run_runner(cfg, tmp)
                 except Exception as exc:
                     r = {"error": str(exc)}
                 r.update(side=side, workload=wl, requests=args.prompts)
