@@ -64,15 +64,23 @@ def _is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
 
 
+def _request_id_header(request: Request) -> dict[str, str]:
+    # Starlette sends unhandled-error responses from ServerErrorMiddleware, outside GuardMiddleware,
+    # so the guard's send wrapper never sees them: add the id it stored in the scope here.
+    request_id = request.scope.get("state", {}).get("request_id")
+    return {"x-request-id": request_id} if request_id else {}
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
+    headers = _request_id_header(request)
     if _is_disk_full(exc):
         err: ApiError = ServiceUnavailable("The server's disk is full; retry later.", code="disk_full")
         logger.error("disk full path=%s", request.url.path)
-        return OrjsonResponse(err.body(), status_code=err.status, headers={"retry-after": "30"})
+        return OrjsonResponse(err.body(), status_code=err.status, headers={"retry-after": "30", **headers})
     logger.exception("unhandled error path=%s", request.url.path, exc_info=exc)
     body = openai_error_body("The server had an error while processing your request.", "server_error", None,
                              "internal_error")
-    return OrjsonResponse(body, status_code=500)
+    return OrjsonResponse(body, status_code=500, headers=headers)
 
 
 def create_app(

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from runner.errors import InvalidRequest
+from runner.errors import InvalidRequest, PayloadTooLarge
 
 MAX_JSON_BODY = 1024 * 1024
 
@@ -51,7 +51,7 @@ async def json_body(request: Request) -> dict[str, Any]:
     async for chunk in request.stream():
         data += chunk
         if len(data) > MAX_JSON_BODY:
-            raise InvalidRequest("The request body is too large.", code="invalid_body")
+            raise PayloadTooLarge(f"The request body is larger than {MAX_JSON_BODY} bytes.", code="body_too_large")
     if not data.strip():
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
     try:

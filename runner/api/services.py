@@ -67,8 +67,9 @@ class Services:
             # Leave it in `validating`: a restart validates it again.
             logger.exception("validation crashed batch=%s", batch_id)
 
-    def sweep(self) -> int:
-        gone = self.files.sweep_expired(int(time.time()))
+    def sweep(self, now: int | None = None) -> int:
+        """Delete expired files; `now` lets tests move the clock forward."""
+        gone = self.files.sweep_expired(int(time.time()) if now is None else now)
         if gone:
             logger.info("expired files deleted count=%d", len(gone))
         return len(gone)

@@ -127,6 +127,11 @@ class BatchStore:
                 )
             else:
                 self._set_status(conn, batch_id, status, "cancelling", now)
+                if status == "validating":
+                    # Nothing ran and no output files exist, so no engine has anything to wind down:
+                    # finish the cancel here, or a batch cancelled mid-validation would sit in
+                    # `cancelling` forever (the validator skips any batch no longer `validating`).
+                    self._set_status(conn, batch_id, "cancelling", "cancelled", now)
         return self.get(owner, batch_id)
 
     # -- validation outcome ------------------------------------------------------------------------
