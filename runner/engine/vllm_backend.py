@@ -100,9 +100,7 @@ class _Api:
         except ImportError:
             self.is_mistral_tokenizer = lambda _tok: False
         try:
-            self.encode_base64 = _import_first(
-                ("vllm.entrypoints.pooling.utils", "encode_pooling_output_base64")
-            )
+            self.encode_base64 = _import_first(("vllm.entrypoints.pooling.utils", "encode_pooling_output_base64"))
         except ImportError:
             self.encode_base64 = None
 
@@ -155,7 +153,9 @@ class VllmBackend(Backend):
             self._default_sampling = {}
             self._override_max_tokens = None
         logger.info(
-            "vllm ready model=%s max_num_seqs=%d max_inflight=%d", spec.id, max_num_seqs,
+            "vllm ready model=%s max_num_seqs=%d max_inflight=%d",
+            spec.id,
+            max_num_seqs,
             self.default_max_inflight,
         )
 
@@ -327,11 +327,13 @@ class VllmBackend(Backend):
         if request.use_beam_search:
             raise LineError("use_beam_search is not supported in batches", param="use_beam_search")
         if request.tool_choice not in (None, "none"):
-            raise LineError("tool_choice other than 'none' needs a tool parser, which runner does not run",
-                            param="tool_choice")
+            raise LineError(
+                "tool_choice other than 'none' needs a tool parser, which runner does not run", param="tool_choice"
+            )
         if request.chat_template is not None or (request.chat_template_kwargs or {}).get("chat_template"):
-            raise LineError("a chat template in the request is not trusted (vllm serve refuses it too)",
-                            param="chat_template")
+            raise LineError(
+                "a chat template in the request is not trusted (vllm serve refuses it too)", param="chat_template"
+            )
         tok = self._renderer.tokenizer
         tool_dicts = None if request.tools is None else [t.model_dump() for t in request.tools]
         defaults = self._api.merge_kwargs(
