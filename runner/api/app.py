@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runner.api import batches, files, models
+from runner.api import batches, files, models, openapi
 from runner.api.auth import GuardMiddleware
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
@@ -40,6 +40,7 @@ ROUTES = [
     Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
     Route("/v1/model-config", models.model_config, methods=["GET"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
+    Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
 ]
 
 _HTTP_MESSAGES = {404: "Unknown request URL", 405: "Method not allowed for this URL"}

@@ -1,0 +1,265 @@
+"""OpenAPI 3.1 description of the whole HTTP API -> GET /openapi.json.
+
+The schemas are exact (closed objects, every field required as the server always sends it, nullable
+where it may be null) so that schemathesis (tests/reliability/test_fuzz.py) can check every response
+against them. Keep this in step with runner/wire.py (shapes) and runner/api/params.py (limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from runner.api.responses import OrjsonResponse
+from runner.model_specs import SUPPORTED_ENDPOINTS
+
+FILE_PURPOSES = ["assistants", "batch", "fine-tune", "vision", "user_data", "evals"]
+FILE_OBJECT_PURPOSES = [*FILE_PURPOSES, "batch_output"]
+BATCH_STATUSES = ["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling",
+                  "cancelled"]
+FILE_ID = {"type": "string", "pattern": "^file-[a-z0-9]{1,64}$", "maxLength": 69}
+BATCH_ID = {"type": "string", "pattern": "^batch_[a-z0-9]{1,64}$", "maxLength": 70}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _closed(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props) if required is None else required,
+            "additionalProperties": False}
+
+
+INT = {"type": "integer"}
+STR = {"type": "string"}
+TS = {"type": "integer", "minimum": 0}
+EXPIRES_AFTER = _closed(
+    {"anchor": {"type": "string", "enum": ["created_at"]},
+     "seconds": {"type": "integer", "minimum": 3600, "maximum": 2_592_000}},
+)
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _closed({"error": _closed({
+        "message": STR, "type": STR, "param": _nullable(STR), "code": _nullable(STR)})}),
+    "File": _closed({
+        "id": FILE_ID,
+        "object": {"const": "file"},
+        "bytes": {"type": "integer", "minimum": 0},
+        "created_at": TS,
+        "expires_at": _nullable(TS),
+        "filename": STR,
+        "purpose": {"type": "string", "enum": FILE_OBJECT_PURPOSES},
+        "status": {"type": "string", "enum": ["uploaded", "processed", "error"]},
+        "status_details": _nullable(STR),
+    }),
+    "FileList": _closed({
+        "object": {"const": "list"}, "data": {"type": "array", "items": _ref("File")},
+        "first_id": _nullable(FILE_ID), "last_id": _nullable(FILE_ID), "has_more": {"type": "boolean"},
+    }),
+    "FileDeleted": _closed({"id": FILE_ID, "object": {"const": "file"}, "deleted": {"const": True}}),
+    "BatchError": _closed({"code": _nullable(STR), "message": _nullable(STR), "param": _nullable(STR),
+                           "line": _nullable({"type": "integer", "minimum": 1})}),
+    "Batch": _closed({
+        "id": BATCH_ID,
+        "object": {"const": "batch"},
+        "endpoint": STR,
+        "model": _nullable(STR),
+        "errors": _nullable(_closed({"object": {"const": "list"},
+                                     "data": {"type": "array", "items": _ref("BatchError")}})),
+        "input_file_id": FILE_ID,
+        "completion_window": {"const": "24h"},
+        "status": {"type": "string", "enum": BATCH_STATUSES},
+        "output_file_id": _nullable(FILE_ID),
+        "error_file_id": _nullable(FILE_ID),
+        "created_at": TS,
+        **{k: _nullable(TS) for k in ("in_progress_at", "expires_at", "finalizing_at", "completed_at",
+                                      "failed_at", "expired_at", "cancelling_at", "cancelled_at")},
+        "request_counts": _closed({k: {"type": "integer", "minimum": 0} for k in ("total", "completed", "failed")}),
+        "metadata": _nullable({"type": "object", "additionalProperties": {"type": "string", "maxLength": 512},
+                               "maxProperties": 16}),
+        "usage": _closed({
+            "input_tokens": INT,
+            "input_tokens_details": _closed({"cached_tokens": INT}),
+            "output_tokens": INT,
+            "output_tokens_details": _closed({"reasoning_tokens": INT}),
+            "total_tokens": INT,
+        }),
+    }),
+    "BatchList": _closed({
+        "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Batch")},
+        "first_id": _nullable(BATCH_ID), "last_id": _nullable(BATCH_ID), "has_more": {"type": "boolean"},
+    }, required=["object", "data", "has_more"]),
+    "BatchDeleted": _closed({"message": STR}),
+    "CreateBatchRequest": _closed({
+        "input_file_id": {"type": "string", "minLength": 1},
+        "endpoint": {"type": "string", "enum": list(SUPPORTED_ENDPOINTS)},
+        "completion_window": {"type": "string", "enum": ["24h"]},
+        "metadata": _nullable({"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 64},
+                               "additionalProperties": {"type": "string", "maxLength": 512}}),
+        "output_expires_after": EXPIRES_AFTER,
+    }, required=["input_file_id", "endpoint", "completion_window"]),
+    "UploadFileRequest": {
+        "type": "object",
+        "properties": {
+            "file": {"type": "string", "format": "binary"},
+            "purpose": {"type": "string", "enum": FILE_PURPOSES},
+            "expires_after": EXPIRES_AFTER,
+        },
+        "required": ["file", "purpose"],
+        "additionalProperties": False,
+    },
+    "ModelConfig": _closed({
+        "id": STR, "name": STR, "description": STR,
+        "input_price_cents": {"type": "number"}, "output_price_cents": {"type": "number"},
+        "model_code": STR,
+        "num_parameters_billions": _nullable({"type": "number"}), "num_experts": _nullable({"type": "number"}),
+        "context_length": _nullable({"type": "number"}), "display_order": {"type": "number"},
+        "license_url": _nullable(STR), "created_at": STR, "updated_at": STR, "status": STR,
+    }),
+    "ModelConfigList": _closed({"active_models": {"type": "array", "items": _ref("ModelConfig")}}),
+    "Model": _closed({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR}),
+    "ModelList": _closed({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}),
+    "Health": {"type": "object", "properties": {"status": STR, "engine": _nullable({"type": "object"})},
+               "required": ["status"]},
+}
+
+_REQUEST_ID = {"x-request-id": {"description": "Id of this request, for logs.", "required": True,
+                                "schema": {"type": "string", "pattern": "^req_"}}}
+_ERROR_TEXT = {
+    400: "Invalid request (a parameter, body or multipart part is wrong).",
+    401: "Missing or unknown API key.",
+    403: "No API keys are configured and the client is not on loopback.",
+    404: "No such object for this key (another key's objects are never visible).",
+    405: "Method not allowed for this URL.",
+    409: "The object's state does not allow this now.",
+    413: "The upload or body is larger than the server's limit.",
+    429: "This key exceeded its request rate; see Retry-After.",
+    503: "The server cannot do this now (e.g. disk full); retry later.",
+}
+_COMMON = (401, 403, 405, 429)
+
+
+def _json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "headers": _REQUEST_ID, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(op_id: str, summary: str, ok: dict[str, Any], errors: tuple[int, ...], **extra: Any) -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": ok}
+    for status in sorted(set(errors) | set(_COMMON)):
+        responses[str(status)] = _json_response(_ERROR_TEXT[status], _ref("Error"))
+    return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False
+           ) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
+            "description": description}
+
+
+FILE_ID_PARAM = _param("file_id", "path", FILE_ID, "The file's id.")
+BATCH_ID_PARAM = _param("batch_id", "path", BATCH_ID, "The batch's id.")
+AFTER = {"type": "string", "minLength": 1, "maxLength": 256}
+
+
+def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
+    upload_note = f" At most {max_upload_bytes} bytes." if max_upload_bytes else ""
+    paths: dict[str, Any] = {
+        "/health": {"get": {**_op("health", "Readiness of the server (no key needed).",
+                                  _json_response("Ready.", _ref("Health")), ()), "security": []}},
+        "/v1/files": {
+            "post": _op(
+                "createFile", "Upload a file (streamed to disk; .jsonl for purpose batch)." + upload_note,
+                _json_response("The File object.", _ref("File")), (400, 413, 503),
+                requestBody={"required": True, "content": {"multipart/form-data": {
+                    "schema": _ref("UploadFileRequest"),
+                    "encoding": {"expires_after": {"contentType": "application/json"}}}}},
+            ),
+            "get": _op(
+                "listFiles", "List this key's files.", _json_response("A page of files.", _ref("FileList")), (400,),
+                parameters=[
+                    _param("purpose", "query", {"type": "string", "maxLength": 64}, "Only files of this purpose."),
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 10_000},
+                           "Page size."),
+                    _param("order", "query", {"type": "string", "enum": ["asc", "desc"], "default": "desc"},
+                           "Order by creation."),
+                    _param("after", "query", AFTER, "Id of the last file of the previous page (one of yours)."),
+                ],
+            ),
+        },
+        "/v1/files/{file_id}": {
+            "parameters": [FILE_ID_PARAM],
+            "get": _op("retrieveFile", "A File object.", _json_response("The File object.", _ref("File")), (404,)),
+            "delete": _op("deleteFile", "Delete a file (409 while a running batch uses it).",
+                          _json_response("Deleted.", _ref("FileDeleted")), (404, 409, 503)),
+        },
+        "/v1/files/{file_id}/content": {
+            "parameters": [FILE_ID_PARAM],
+            "get": _op("retrieveFileContent", "The file's bytes (streamed).", {
+                "description": "The bytes; for a running batch's output, up to the last checkpoint.",
+                "headers": _REQUEST_ID,
+                "content": {"application/jsonl": {"schema": {"type": "string"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }, (404,)),
+        },
+        "/v1/batches": {
+            "post": _op(
+                "createBatch", "Create a batch from an uploaded batch file; validated in the background.",
+                _json_response("The Batch object (status validating).", _ref("Batch")), (400, 404, 413, 503),
+                requestBody={"required": True,
+                             "content": {"application/json": {"schema": _ref("CreateBatchRequest")}}},
+            ),
+            "get": _op(
+                "listBatches", "List this key's batches, newest first.",
+                _json_response("A page of batches.", _ref("BatchList")), (400,),
+                parameters=[
+                    _param("after", "query", AFTER, "Id of the last batch of the previous page (one of yours)."),
+                    _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                           "Page size."),
+                ],
+            ),
+        },
+        "/v1/batches/{batch_id}": {
+            "parameters": [BATCH_ID_PARAM],
+            "get": _op("retrieveBatch", "A Batch object.", _json_response("The Batch.", _ref("Batch")), (404,)),
+            "delete": _op("deleteBatch", "Cancel alias (Mithril): answers {message}.",
+                          _json_response("Cancel requested.", _ref("BatchDeleted")), (404, 409, 503)),
+        },
+        "/v1/batches/{batch_id}/cancel": {
+            "parameters": [BATCH_ID_PARAM],
+            "post": _op("cancelBatch", "Cancel a batch (409 once it finished).",
+                        _json_response("The Batch (cancelling or cancelled).", _ref("Batch")), (404, 409, 503)),
+        },
+        "/v1/model-config": {"get": _op("modelConfig", "Models from models.yaml (Mithril's shape).",
+                                        _json_response("Models.", _ref("ModelConfigList")), ())},
+        "/v1/models": {"get": _op("listModels", "Models in OpenAI's shape.",
+                                  _json_response("Models.", _ref("ModelList")), ())},
+        "/openapi.json": {"get": {**_op("openapi", "This document.", {
+            "description": "OpenAPI document.", "headers": _REQUEST_ID,
+            "content": {"application/json": {"schema": {"type": "object"}}}}, ())}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "runner batch API", "version": "1",
+                 "description": "Self-hosted OpenAI-compatible Batch API (files, batches, model-config)."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "One of RUNNER_API_KEYS (none needed on loopback "
+                                                          "when no keys are configured)."}},
+        },
+    }
+
+
+async def openapi_json(request: Request) -> Response:
+    services = getattr(request.app.state, "services", None)
+    limit = services.settings.max_upload_bytes if services is not None else None
+    return OrjsonResponse(openapi_spec(limit))
