@@ -1,0 +1,49 @@
+"""make_backend: a ModelSpec (+ RUNNER_BACKEND) -> the Backend that runs it.
+
+"auto" picks vllm when CUDA is usable and vllm is importable, else transformers; settings.backend
+(RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules are imported lazily, only
+for the backend actually chosen.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from runner.engine.backend import Backend
+from runner.errors import ConfigError
+from runner.model_specs import BACKENDS, ModelSpec
+from runner.settings import Settings
+
+
+def resolve_backend(spec: ModelSpec, settings: Settings) -> str:
+    kind = settings.backend or spec.backend
+    if kind not in BACKENDS:
+        raise ConfigError(f"unknown backend {kind!r} (one of {', '.join(BACKENDS)})")
+    if kind == "auto":
+        kind = "vllm" if _vllm_usable() else "transformers"
+    return kind
+
+
+def _vllm_usable() -> bool:
+    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
+        return False
+    torch = importlib.import_module("torch")  # only when vllm is there: torch is slow to import
+    return bool(torch.cuda.is_available())
+
+
+def make_backend(spec: ModelSpec, settings: Settings) -> Backend:
+    kind = resolve_backend(spec, settings)
+    if kind == "simulated":
+        from runner.engine.simulated import SimulatedBackend
+
+        return SimulatedBackend(spec, settings)
+    if kind == "transformers":
+        from runner.engine.hf_backend import HFBackend  # type: ignore[import-not-found,unused-ignore]
+
+        backend: Backend = HFBackend(spec, settings)
+        return backend
+    from runner.engine.vllm_backend import VllmBackend  # type: ignore[import-not-found,unused-ignore]
+
+    backend = VllmBackend(spec, settings)
+    return backend

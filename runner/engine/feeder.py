@@ -1,0 +1,277 @@
+"""Feeder: in_progress batches' pending input lines -> Feed messages for the loop.
+
+Runs in its own thread and owns the reads: it polls BatchStore.active(), opens a batch's Ledger (the
+restart protocol: cut files back to the checkpoint, rebuild the written custom_ids), and reads input
+lines lazily through runner/jsonl.py, skipping lines already written. It also turns the batch
+statuses into work: cancelling -> Abort("cancelled"), expires_at passed -> Abort("expired"),
+finalizing (left by a crash) -> Check.
+
+Fairness. Lines are taken round-robin, one per batch per pass, across every in_progress batch of the
+loaded model(s), so N batches of one model each get about 1/N of the in-flight window, whatever
+their sizes and ages.
+
+Model switching. One model per task is loaded at a time (one generation model, plus one embedding
+model beside it). A task's slot switches only when its model has no unread lines left (or after
+SWITCH_QUANTUM seconds while other models' batches wait): the feeder stops feeding it, waits for its
+window to drain, then asks the loop to load the model of the oldest waiting batch (lowest seq).
+Never per request: a switch is paid once per run of batches. A model that fails to load, or that
+models.yaml no longer lists, turns its batches' lines into error rows (500 / 404) instead of
+leaving them waiting forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from runner.engine.backend import LineRequest, LineResult
+from runner.engine.ledger import Ledger, Totals
+from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result
+from runner.errors import LineError
+from runner.jsonl import iter_lines
+from runner.model_specs import ModelRegistry, ModelSpec
+from runner.settings import Settings
+from runner.store import BatchStore
+
+logger = logging.getLogger(__name__)
+
+SWITCH_QUANTUM = 600.0  # seconds a model keeps its slot while other models' batches wait
+DIRECT_PER_PASS = 512  # error rows written per pass for a batch no backend can run
+
+
+@dataclass
+class BatchFeed:
+    """Reading position in one in_progress batch."""
+
+    batch_id: str
+    seq: int
+    model: str
+    spec: ModelSpec | None
+    endpoint: str
+    lines: Iterator[tuple[int, bytes | None]]
+    done: frozenset[str]
+    exhausted: bool = False
+    read: int = field(default=0)
+
+    def next_request(self) -> LineRequest | tuple[str, LineError] | None:
+        """The next unwritten line; (custom_id, error) for a line that cannot be parsed; None at the end."""
+        for lineno, raw in self.lines:
+            if raw is None:
+                logger.error("oversized line skipped batch=%s line=%d", self.batch_id, lineno)
+                continue
+            try:
+                obj = orjson.loads(raw)
+                cid = obj["custom_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                logger.error("unreadable input line skipped batch=%s line=%d", self.batch_id, lineno)
+                continue
+            if cid in self.done:
+                continue
+            self.read += 1
+            body = obj.get("body")
+            if not isinstance(body, dict):
+                return cid, LineError("'body' must be a JSON object.", param="body")
+            return LineRequest(key=f"{self.batch_id}:{lineno}", batch_id=self.batch_id, custom_id=cid,
+                               endpoint=obj.get("url") or self.endpoint, body=body)
+        self.exhausted = True
+        return None
+
+
+class Feeder(threading.Thread):
+    """Polls the store, opens batches, feeds lines round-robin, decides model loads."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, store: BatchStore, state: EngineState,
+                 inbox: queue.Queue[object], outbox: queue.Queue[object], stop: threading.Event) -> None:
+        super().__init__(name="engine-feeder", daemon=True)
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.state = state
+        self.inbox = inbox
+        self.outbox = outbox
+        self.stop = stop
+        self.feeds: dict[str, BatchFeed] = {}
+        self.closing: set[str] = set()
+        self.slots: dict[str, str] = {}  # task -> model asked of the loop
+        self.draining: dict[str, str] = {}  # task -> model no longer fed, waiting for its window
+        self.loaded_at: dict[str, float] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            next_poll = 0.0
+            while not self.stop.is_set():
+                if time.monotonic() >= next_poll:
+                    self.poll()
+                    next_poll = time.monotonic() + self.settings.poll_interval
+                self.choose_models()
+                if not self.feed_pass():
+                    self.stop.wait(0.01)
+        except BaseException as exc:
+            logger.exception("feeder died")
+            self.error = exc
+            self.stop.set()
+
+    # -- statuses ------------------------------------------------------------------------------------
+    def poll(self) -> None:
+        rows = self.store.active()
+        active = {row["id"] for row in rows}
+        self.closing &= active
+        now = time.time()
+        for row in rows:
+            bid = row["id"]
+            if bid in self.state.ended or bid in self.closing:
+                continue
+            status = row["status"]
+            if status == "finalizing":
+                self.closing.add(bid)
+                self.outbox.put(Check(bid))
+                continue
+            reason = None
+            if status == "cancelling":
+                reason = "cancelled"
+            elif row["expires_at"] is not None and row["expires_at"] <= now:
+                reason = "expired"
+            if reason is not None:
+                self.closing.add(bid)
+                if self.feeds.pop(bid, None) is not None:
+                    self.inbox.put(Abort(bid, reason))  # the loop forwards the Close
+                else:
+                    if row["output_file_id"] is not None:
+                        self._open_ledger(row)
+                    self.outbox.put(Close(bid, reason))
+                continue
+            if bid not in self.feeds:
+                self._open(row)
+        for bid in [b for b in self.feeds if b in self.state.ended]:
+            del self.feeds[bid]
+
+    def _open_ledger(self, row: sqlite3.Row) -> Ledger:
+        ledger = self.state.ledger(row["id"])
+        if ledger is not None:
+            return ledger
+        files = self.store.files
+        out_size, err_size = self.store.durable_sizes(row["id"])
+        totals = Totals(input_tokens=row["input_tokens"], cached_tokens=row["cached_tokens"],
+                        output_tokens=row["output_tokens"], reasoning_tokens=row["reasoning_tokens"])
+        ledger = Ledger(batch_id=row["id"], model=row["model"] or "", total=int(row["total"]),
+                        input_path=files.path_of(row["input_file_id"]),
+                        output_path=files.path_of(row["output_file_id"]),
+                        error_path=files.path_of(row["error_file_id"]), durable=(out_size, err_size),
+                        totals=totals)
+        self.state.register(ledger)
+        if ledger.done:
+            logger.info("batch resumed batch=%s written=%d total=%d", row["id"], len(ledger.done), ledger.total)
+        return ledger
+
+    def _open(self, row: sqlite3.Row) -> None:
+        ledger = self._open_ledger(row)
+        model = row["model"] or ""
+        feed = BatchFeed(batch_id=row["id"], seq=int(row["seq"]), model=model, spec=self.registry.get(model),
+                         endpoint=row["endpoint"],
+                         lines=iter_lines(ledger.input_path, self.settings.max_line_bytes),
+                         done=frozenset(ledger.done))
+        self.feeds[row["id"]] = feed
+        self.outbox.put(Check(row["id"]))  # a batch whose lines were all written before a crash ends now
+
+    # -- models --------------------------------------------------------------------------------------
+    def _runnable(self, feed: BatchFeed) -> bool:
+        return feed.spec is not None and feed.model not in self.state.load_errors
+
+    def choose_models(self) -> None:
+        waiting: dict[str, dict[str, int]] = {}  # task -> model -> oldest seq with unread lines
+        for feed in self.feeds.values():
+            if feed.exhausted or feed.spec is None or not self._runnable(feed):
+                continue
+            per_task = waiting.setdefault(feed.spec.task, {})
+            per_task[feed.model] = min(per_task.get(feed.model, feed.seq), feed.seq)
+        now = time.monotonic()
+        for task, models in waiting.items():
+            current = self.slots.get(task)
+            if current in self.state.load_errors:
+                current = None
+            if task not in self.draining:
+                others = [m for m in models if m != current]
+                if not others:
+                    continue
+                if current in models and now - self.loaded_at[task] <= SWITCH_QUANTUM:
+                    continue
+                if current is not None:
+                    self.draining[task] = current  # stop feeding it
+            old = self.draining.get(task)
+            if old is not None:
+                window = self.state.windows.get(old)
+                if window is not None and window.used > 0:
+                    continue  # wait until its in-flight lines are written
+                del self.draining[task]
+            candidates = {m: s for m, s in models.items() if m != old} or models
+            target = min(candidates, key=lambda m: candidates[m])
+            spec = self.registry.get(target)
+            assert spec is not None
+            logger.info("model switch task=%s from=%s to=%s", task, old or "-", target)
+            self.inbox.put(Load(spec))
+            self.slots[task] = target
+            self.loaded_at[task] = now
+
+    # -- lines ---------------------------------------------------------------------------------------
+    def feed_pass(self) -> bool:
+        """Give lines round-robin until the windows are full or nothing is left; True if any moved."""
+        ring = []
+        for feed in self.feeds.values():
+            if feed.exhausted:
+                continue
+            if not self._runnable(feed):
+                self._feed_errors(feed)
+                continue
+            assert feed.spec is not None
+            task = feed.spec.task
+            if self.slots.get(task) == feed.model and task not in self.draining \
+                    and feed.model in self.state.windows:
+                ring.append(feed)
+        moved = 0
+        while ring and moved < 4096:
+            for feed in list(ring):
+                window = self.state.windows.get(feed.model)
+                if window is None or not window.try_take():
+                    ring.remove(feed)
+                    continue
+                item = feed.next_request()
+                if isinstance(item, LineRequest):
+                    self.inbox.put(Feed(feed.model, item))
+                    moved += 1
+                    continue
+                window.give()
+                if item is None:
+                    ring.remove(feed)
+                else:
+                    self._direct(feed, item[0], item[1])
+                    moved += 1
+        if self.feeds:  # rotate, so the next pass starts with another batch
+            first = next(iter(self.feeds))
+            self.feeds[first] = self.feeds.pop(first)
+        return moved > 0
+
+    def _feed_errors(self, feed: BatchFeed) -> None:
+        if feed.spec is None:
+            error = LineError(f"The model {feed.model!r} does not exist on this server.", status=404,
+                              code="model_not_found", param="model")
+        else:
+            error = LineError(f"The model {feed.model!r} failed to load: {self.state.load_errors[feed.model]}",
+                              status=500, code="model_load_failed")
+        for _ in range(DIRECT_PER_PASS):
+            item = feed.next_request()
+            if item is None:
+                return
+            cid = item.custom_id if isinstance(item, LineRequest) else item[0]
+            self._direct(feed, cid, error if isinstance(item, LineRequest) else item[1])
+
+    def _direct(self, feed: BatchFeed, custom_id: str, error: LineError) -> None:
+        result = LineResult(f"{feed.batch_id}:direct", error.status, error.body())
+        self.outbox.put(Result(feed.batch_id, custom_id, feed.model, result))

@@ -1,0 +1,158 @@
+"""Loop: Feed messages -> backend add/step/abort -> Results for the writer. No IO here.
+
+The loop runs on the engine's main thread and touches only its two queues, the shared windows and
+the backends. Each turn: 1) drain the inbox (Feed -> backend.add, Abort -> backend.abort + Close to
+the writer, Load -> close the old model of that task, make the new one); 2) step every backend that
+has unfinished lines and hand each finished line to the writer. It blocks on the inbox only when no
+backend has work, so step() is never called with nothing in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from runner.engine.backend import Backend, LineResult
+from runner.engine.messages import Abort, Close, EngineState, Feed, Load, Result
+from runner.engine.window import Window
+from runner.errors import LineError, openai_error_body
+from runner.model_specs import ModelSpec
+from runner.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MAX_DRAIN = 4096  # messages taken per turn, so a full inbox never starves step()
+
+
+class EngineLoop:
+    """The busy loop; holds the loaded backends and the in-flight map (key -> batch, custom_id, model)."""
+
+    def __init__(self, settings: Settings, inbox: queue.Queue[object], outbox: queue.Queue[object],
+                 state: EngineState, make_backend: Callable[[ModelSpec, Settings], Backend]) -> None:
+        self.settings = settings
+        self.inbox = inbox
+        self.outbox = outbox
+        self.state = state
+        self.make_backend = make_backend
+        self.backends: dict[str, Backend] = {}  # model id -> backend
+        self.slots: dict[str, str] = {}  # task -> model id
+        self.inflight: dict[str, tuple[str, str, str]] = {}
+        self.by_batch: dict[str, set[str]] = {}
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.run_once()
+        finally:
+            for model in list(self.backends):
+                self._unload(model)
+
+    def run_once(self) -> None:
+        # 1) drain the inbox; wait on it only when no backend has work
+        busy = any(b.has_unfinished() for b in self.backends.values())
+        self._drain(block=not busy)
+        # 2) step every backend with work and route its finished lines to the writer
+        for model, backend in list(self.backends.items()):
+            if backend.has_unfinished():
+                for result in backend.step():
+                    self._emit(result, model)
+
+    # -- inbox ---------------------------------------------------------------------------------------
+    def _drain(self, *, block: bool) -> None:
+        try:
+            msg = self.inbox.get(timeout=self.settings.poll_interval) if block else self.inbox.get_nowait()
+        except queue.Empty:
+            return
+        for _ in range(MAX_DRAIN):
+            if isinstance(msg, Feed):
+                self._add(msg)
+            elif isinstance(msg, Abort):
+                self._abort(msg)
+            elif isinstance(msg, Load):
+                self._load(msg.spec)
+            try:
+                msg = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, msg: Feed) -> None:
+        req = msg.req
+        self.inflight[req.key] = (req.batch_id, req.custom_id, msg.model)
+        self.by_batch.setdefault(req.batch_id, set()).add(req.key)
+        backend = self.backends.get(msg.model)
+        try:
+            if backend is None:
+                raise LineError(f"The model {msg.model!r} is not loaded.", status=503, code="model_not_loaded")
+            backend.add(req)
+        except LineError as exc:
+            self._emit(LineResult(req.key, exc.status, exc.body()), msg.model)
+        except Exception:
+            logger.exception("backend.add failed key=%s", req.key)
+            body = openai_error_body("The engine failed to run this request.", "server_error", None,
+                                     "internal_error")
+            self._emit(LineResult(req.key, 500, body), msg.model)
+
+    def _abort(self, msg: Abort) -> None:
+        keys = self.by_batch.pop(msg.batch_id, set())
+        per_model: dict[str, list[str]] = {}
+        for key in keys:
+            meta = self.inflight.pop(key, None)
+            if meta is not None:
+                per_model.setdefault(meta[2], []).append(key)
+        for model, model_keys in per_model.items():
+            backend = self.backends.get(model)
+            if backend is not None:
+                backend.abort(model_keys)
+            self._give(model, len(model_keys))
+        if keys:
+            logger.info("aborted in-flight lines batch=%s lines=%d reason=%s", msg.batch_id, len(keys), msg.reason)
+        self.outbox.put(Close(msg.batch_id, msg.reason))
+
+    def _load(self, spec: ModelSpec) -> None:
+        old = self.slots.get(spec.task)
+        if old == spec.id and spec.id in self.backends:
+            return
+        if old is not None:
+            self._unload(old)
+        try:
+            backend = self.make_backend(spec, self.settings)
+        except Exception as exc:
+            logger.exception("model load failed model=%s", spec.id)
+            self.state.load_errors[spec.id] = f"{type(exc).__name__}: {exc}"
+            return
+        self.backends[spec.id] = backend
+        self.slots[spec.task] = spec.id
+        window = self.settings.max_inflight or backend.default_max_inflight
+        self.state.windows[spec.id] = Window(window)
+        logger.info("model loaded model=%s backend=%s window=%d", spec.id, type(backend).__name__, window)
+
+    def _unload(self, model: str) -> None:
+        backend = self.backends.pop(model, None)
+        self.state.windows.pop(model, None)
+        for task, held in list(self.slots.items()):
+            if held == model:
+                del self.slots[task]
+        if backend is not None:
+            backend.close()
+            logger.info("model unloaded model=%s", model)
+
+    # -- results -------------------------------------------------------------------------------------
+    def _emit(self, result: LineResult, model: str) -> None:
+        meta = self.inflight.pop(result.key, None)
+        if meta is None:
+            return  # aborted meanwhile: its batch's Close writes the row
+        batch_id, custom_id, _ = meta
+        keys = self.by_batch.get(batch_id)
+        if keys is not None:
+            keys.discard(result.key)
+            if not keys:
+                del self.by_batch[batch_id]
+        self._give(model, 1)
+        self.outbox.put(Result(batch_id, custom_id, model, result))
+
+    def _give(self, model: str, n: int) -> None:
+        window = self.state.windows.get(model)
+        if window is not None:
+            window.give(n)

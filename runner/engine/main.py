@@ -1,0 +1,99 @@
+"""The engine process: settings -> stores, threads and loop; runs until SIGTERM / SIGINT.
+
+Three threads share EngineState and two queues (see messages.py): the feeder (reads input, polls
+statuses, decides model loads), the loop (this module's caller thread; backends only, no IO) and
+the writer (appends rows, checkpoints, ends batches). Engine can also run inside a test process:
+`Engine(settings, registry).start()` runs the loop in a thread and `stop()` ends it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from runner.engine.backend import Backend
+from runner.engine.factory import make_backend
+from runner.engine.feeder import Feeder
+from runner.engine.loop import EngineLoop
+from runner.engine.messages import STOP, EngineState
+from runner.engine.writer import Writer
+from runner.errors import EngineDead
+from runner.log import configure_logging
+from runner.model_specs import ModelRegistry, ModelSpec, load_model_specs
+from runner.settings import Settings
+from runner.store import BatchStore, Database, FileStore
+
+logger = logging.getLogger(__name__)
+
+
+class Engine:
+    """One engine: feeder and writer threads around the loop."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry | None = None, *,
+                 backend_factory: Callable[[ModelSpec, Settings], Backend] = make_backend) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else load_model_specs(settings.models_path)
+        self.db = Database(settings.db_path)
+        self.files = FileStore(self.db, settings.files_dir)
+        self.store = BatchStore(self.db, self.files)
+        self.state = EngineState()
+        self.stopping = threading.Event()
+        self.inbox: queue.Queue[object] = queue.Queue()
+        self.outbox: queue.Queue[object] = queue.Queue()
+        self.loop = EngineLoop(settings, self.inbox, self.outbox, self.state, backend_factory)
+        self.feeder = Feeder(settings, self.registry, self.store, self.state, self.inbox, self.outbox,
+                             self.stopping)
+        self.writer = Writer(settings, self.store, self.state, self.outbox, self.stopping)
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        """Run the loop on this thread until stop(); then drain the writer and checkpoint."""
+        logger.info("engine started models=%s", ",".join(self.registry.ids))
+        self.writer.start()
+        self.feeder.start()
+        try:
+            self.loop.run(self.stopping)
+        except BaseException as exc:
+            logger.exception("engine loop died")
+            self.error = exc
+        finally:
+            self.stopping.set()
+            logger.info("[shutdown] stopping feeder")
+            self.feeder.join()
+            logger.info("[shutdown] draining writer")
+            self.outbox.put(STOP)
+            self.writer.join()
+            self.db.close()
+            self.error = self.error or self.feeder.error or self.writer.error
+            logger.info("[shutdown] engine stopped%s", " with an error" if self.error else "")
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self.run, name="engine-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def run_engine(settings: Settings) -> None:
+    """`runner engine`: the process the supervisor keeps alive."""
+    configure_logging(settings.log_level, process="engine")
+    engine = Engine(settings)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        logger.info("[shutdown] signal %s received", signal.Signals(signum).name)
+        engine.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    engine.run()
+    if engine.error is not None:
+        raise EngineDead(f"engine stopped on an error: {engine.error!r}") from engine.error

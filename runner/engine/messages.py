@@ -1,0 +1,104 @@
+"""Messages between the engine's threads, and the state they share.
+
+feeder --(Feed, Abort, Load)--> loop --(Result, Close)--> writer
+feeder --(Result for lines no backend can run, Close, Check)--> writer
+
+Ordering carries the exactly-once guarantee: the feeder stops feeding a batch before it sends its
+Abort; the loop drops that batch's in-flight lines before it forwards the Close; so every Result
+of a batch reaches the writer before its Close, and the writer fills in the rest from the input.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from runner.engine.backend import LineRequest, LineResult
+from runner.engine.ledger import Ledger
+from runner.engine.window import Window
+from runner.model_specs import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """A line for the loaded model `model`."""
+
+    model: str
+    req: LineRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Drop the batch's in-flight lines, then forward Close(batch_id, reason) to the writer."""
+
+    batch_id: str
+    reason: str  # "cancelled" | "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Load `spec` in its task's slot, closing the model held there first."""
+
+    spec: ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    batch_id: str
+    custom_id: str
+    model: str
+    result: LineResult
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Write every unwritten line as `batch_<reason>`, then end the batch."""
+
+    batch_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """End the batch if every line is written (or finish a batch left in `finalizing`)."""
+
+    batch_id: str
+
+
+STOP = object()
+
+
+@dataclass
+class Stats:
+    lines: int = 0
+    output_tokens: int = 0
+
+
+@dataclass
+class EngineState:
+    """What the threads share: loaded models' windows, open ledgers, ended batches, throughput."""
+
+    windows: dict[str, Window] = field(default_factory=dict)
+    load_errors: dict[str, str] = field(default_factory=dict)
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
+    ended: set[str] = field(default_factory=set)
+    stats: dict[str, Stats] = field(default_factory=lambda: defaultdict(Stats))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def register(self, ledger: Ledger) -> None:
+        with self.lock:
+            self.ledgers[ledger.batch_id] = ledger
+
+    def unregister(self, batch_id: str) -> None:
+        with self.lock:
+            self.ledgers.pop(batch_id, None)
+            self.ended.add(batch_id)
+
+    def ledger(self, batch_id: str) -> Ledger | None:
+        with self.lock:
+            return self.ledgers.get(batch_id)
+
+    def open_ledgers(self) -> list[Ledger]:
+        with self.lock:
+            return list(self.ledgers.values())

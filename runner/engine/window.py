@@ -1,0 +1,44 @@
+"""Window: the engine's bound on lines in flight (read from the input, not yet handed to the writer).
+
+The feeder takes a slot per line it reads; the loop gives it back when the line's result (or its
+abort) leaves the loop. One window per loaded model, sized by settings.max_inflight or the backend's
+default_max_inflight. Memory stays flat whatever the input size, and a crash redoes at most the
+window plus the lines written since the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Window:
+    """A counting bound with a wait for free room; thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def try_take(self) -> bool:
+        with self._cond:
+            if self._used >= self.capacity:
+                return False
+            self._used += 1
+            return True
+
+    def give(self, n: int = 1) -> None:
+        if n <= 0:
+            return
+        with self._cond:
+            self._used = max(0, self._used - n)
+            self._cond.notify_all()
+
+    def wait_room(self, timeout: float) -> bool:
+        with self._cond:
+            if self._used < self.capacity:
+                return True
+            return self._cond.wait_for(lambda: self._used < self.capacity, timeout)

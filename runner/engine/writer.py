@@ -1,0 +1,203 @@
+"""Writer: Results -> rows in the output / error JSONL, checkpoints, and each batch's ending.
+
+Runs in its own thread and owns the output files and every database write of the engine. Each
+Result is appended at once (200 -> output file, anything else -> error file with the HTTP-style
+response, per the contract's section 2.5), unless its custom_id is already written. Every
+settings.checkpoint_interval seconds it fsyncs the files THEN records the Progress
+(BatchStore.checkpoint), so the database never points past durable bytes.
+
+Endings: when completed + failed == total the batch goes in_progress -> finalizing -> completed
+(or cancelling -> cancelled if a cancel raced it). A Close writes every line not yet written as
+{response: null, error: {code: batch_cancelled | batch_expired}}, then ends the batch as cancelled /
+expired. Every ending checkpoints first, so each custom_id is in exactly one file, exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+import orjson
+
+from runner.engine.ledger import Ledger
+from runner.engine.messages import STOP, Check, Close, EngineState, Result
+from runner.errors import Conflict
+from runner.ids import new_line_id, new_request_id
+from runner.jsonl import iter_lines
+from runner.settings import Settings
+from runner.store import BatchStore
+from runner.wire import CANCELLED_MESSAGE, EXPIRED_MESSAGE, error_line, output_line
+
+logger = logging.getLogger(__name__)
+
+THROUGHPUT_LOG_INTERVAL = 10.0
+MAX_BATCH = 4096  # messages handled between two flushes
+_REASONS = {"cancelled": ("batch_cancelled", CANCELLED_MESSAGE), "expired": ("batch_expired", EXPIRED_MESSAGE)}
+
+
+class Writer(threading.Thread):
+    """Appends rows, checkpoints, ends batches; the engine's only writer of files and SQLite."""
+
+    def __init__(self, settings: Settings, store: BatchStore, state: EngineState,
+                 inbox: queue.Queue[object], stop: threading.Event) -> None:
+        super().__init__(name="engine-writer", daemon=True)
+        self.settings = settings
+        self.store = store
+        self.state = state
+        self.inbox = inbox
+        self.stop = stop
+        self.error: BaseException | None = None
+        self._last_log = time.monotonic()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            logger.exception("writer died")
+            self.error = exc
+            self.stop.set()
+
+    def _run(self) -> None:
+        interval = self.settings.checkpoint_interval
+        next_checkpoint = time.monotonic() + interval
+        stopping = False
+        while not stopping:
+            try:
+                msg: object | None = self.inbox.get(timeout=max(0.0, next_checkpoint - time.monotonic()))
+            except queue.Empty:
+                msg = None
+            handled = 0
+            while msg is not None:
+                if msg is STOP:
+                    stopping = True
+                else:
+                    self.handle(msg)
+                handled += 1
+                if handled >= MAX_BATCH:
+                    break
+                try:
+                    msg = self.inbox.get_nowait()
+                except queue.Empty:
+                    msg = None
+            for ledger in self.state.open_ledgers():
+                ledger.flush()
+            if stopping or time.monotonic() >= next_checkpoint:
+                self.checkpoint_all()
+                self._log_throughput()
+                next_checkpoint = time.monotonic() + interval
+        for ledger in self.state.open_ledgers():
+            ledger.close()
+        logger.info("[shutdown] writer stopped after a final checkpoint")
+
+    def handle(self, msg: object) -> None:
+        if isinstance(msg, Result):
+            self._result(msg)
+        elif isinstance(msg, Close):
+            self._close(msg)
+        elif isinstance(msg, Check):
+            self._check(msg.batch_id)
+
+    # -- rows ----------------------------------------------------------------------------------------
+    def _result(self, msg: Result) -> None:
+        ledger = self.state.ledger(msg.batch_id)
+        if ledger is None:
+            return  # the batch ended (cancel/expiry raced this line): its row is already written
+        r = msg.result
+        row = output_line(new_line_id(), msg.custom_id, r.status_code, new_request_id(), r.body)
+        if ledger.append(msg.custom_id, orjson.dumps(row) + b"\n", ok=r.ok, usage=r.usage):
+            stats = self.state.stats[msg.model]
+            stats.lines += 1
+            stats.output_tokens += r.usage.completion_tokens
+        if ledger.finished:
+            self._end(ledger, None)
+
+    def _close(self, msg: Close) -> None:
+        ledger = self.state.ledger(msg.batch_id)
+        if ledger is None:
+            if msg.batch_id not in self.state.ended:
+                self._settle(msg.batch_id, msg.reason)  # e.g. cancelled while validating: no files
+                self.state.ended.add(msg.batch_id)
+            return
+        code, message = _REASONS[msg.reason]
+        written = 0
+        for _, raw in iter_lines(ledger.input_path, self.settings.max_line_bytes):
+            if raw is None:
+                continue
+            try:
+                cid = orjson.loads(raw)["custom_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue
+            if cid not in ledger.done:
+                row = error_line(new_line_id(), cid, code, message)
+                written += ledger.append(cid, orjson.dumps(row) + b"\n", ok=False)
+        logger.info("batch %s batch=%s unrun_lines=%d", msg.reason, msg.batch_id, written)
+        self._end(ledger, msg.reason)
+
+    def _check(self, batch_id: str) -> None:
+        ledger = self.state.ledger(batch_id)
+        if ledger is not None:
+            if ledger.finished:
+                self._end(ledger, None)
+            return
+        row = self.store.get_any(batch_id)
+        if row is not None and row["status"] == "finalizing":
+            self._settle(batch_id, None)
+            self.state.ended.add(batch_id)
+
+    # -- checkpoints and endings ---------------------------------------------------------------------
+    def checkpoint_all(self) -> None:
+        for ledger in self.state.open_ledgers():
+            if ledger.dirty:
+                self.store.checkpoint(ledger.batch_id, ledger.sync())
+
+    def _end(self, ledger: Ledger, reason: str | None) -> None:
+        self.store.checkpoint(ledger.batch_id, ledger.sync())
+        status = self._settle(ledger.batch_id, reason)
+        ledger.close()
+        self.state.unregister(ledger.batch_id)
+        t = ledger.totals
+        logger.info("batch done batch=%s status=%s completed=%d failed=%d total=%d", ledger.batch_id, status,
+                    t.completed, t.failed, ledger.total)
+
+    def _settle(self, batch_id: str, reason: str | None) -> str:
+        """Move the batch to its terminal status from wherever it is now; retried if a cancel races."""
+        status = "?"
+        for _ in range(5):
+            row = self.store.get_any(batch_id)
+            if row is None:
+                return "gone"
+            status = row["status"]
+            now = int(time.time())
+            try:
+                if status == "in_progress" and reason == "expired":
+                    self.store.transition(batch_id, "expired", now)
+                elif status == "in_progress":
+                    self.store.transition(batch_id, "finalizing", now)
+                    self.store.transition(batch_id, "completed", now)
+                elif status == "finalizing":
+                    self.store.transition(batch_id, "completed", now)
+                elif status == "cancelling":
+                    self.store.transition(batch_id, "cancelled", now)
+                else:
+                    return status
+            except Conflict:
+                continue  # the status moved under us (a cancel): read it again
+        row = self.store.get_any(batch_id)
+        return row["status"] if row is not None else status
+
+    def _log_throughput(self) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_log
+        if elapsed < THROUGHPUT_LOG_INTERVAL:
+            return
+        self._last_log = now
+        for model, stats in list(self.state.stats.items()):
+            window = self.state.windows.get(model)
+            inflight = window.used if window is not None else 0
+            if stats.lines == 0 and inflight == 0:
+                continue
+            logger.info("throughput model=%s lines/s=%.1f tokens/s=%.1f in_flight=%d", model,
+                        stats.lines / elapsed, stats.output_tokens / elapsed, inflight)
+            stats.lines = stats.output_tokens = 0
