@@ -1,0 +1,131 @@
+"""Cancel, expiry, live progress, restart and model switching, with a real Engine in process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from runner.api.app import create_app
+from runner.engine.main import Engine
+from runner.model_specs import ModelRegistry, parse_model_specs
+from runner.settings import Settings
+from tests.engine.conftest import MODELS, Harness, chat_line, check_exactly_once
+
+
+def _slow(n: int, model: str = "sim-slow") -> list[dict]:
+    return [chat_line(i, model=model, max_tokens=20) for i in range(n)]
+
+
+def test_live_counts_and_content_while_running(harness: Harness) -> None:
+    lines = _slow(100)
+    b = harness.submit(lines)
+    harness.start_engine()
+    mid = harness.wait(b["id"], lambda x: 10 <= x["request_counts"]["completed"] < 90)
+    assert mid["status"] == "in_progress"
+    rows = harness.rows(mid["output_file_id"])  # only whole, checkpointed rows
+    assert len(rows) >= mid["request_counts"]["completed"] and len(rows) < 100
+    assert mid["usage"]["output_tokens"] > 0
+    done = harness.wait_status(b["id"], "completed")
+    check_exactly_once(harness, done, [x["custom_id"] for x in lines])
+
+
+def test_cancel_mid_run(harness: Harness) -> None:
+    lines = _slow(200)
+    b = harness.submit(lines)
+    harness.start_engine()
+    harness.wait(b["id"], lambda x: x["request_counts"]["completed"] >= 5)
+    r = harness.client.post(f"/v1/batches/{b['id']}/cancel")
+    assert r.status_code == 200 and r.json()["status"] in ("cancelling", "cancelled")
+    b = harness.wait_status(b["id"], "cancelled", timeout=10)
+    out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    assert 5 <= len(out) < 200
+    cancelled = [r for r in err if r["error"] is not None]
+    assert cancelled and all(r["error"]["code"] == "batch_cancelled" and r["response"] is None for r in cancelled)
+    assert b["cancelled_at"] is not None
+
+
+def test_cancel_while_validating_ends_cancelled(harness: Harness, settings: Settings) -> None:
+    engine = harness.start_engine()
+    store = engine.store
+    f = harness.client.post("/v1/files", data={"purpose": "batch"},
+                            files={"file": ("x.jsonl", b'{"custom_id":"a"}\n')}).json()
+    now = int(time.time())
+    store.create(batch_id="batch_validating1", owner="local", endpoint="/v1/chat/completions",
+                 input_file_id=f["id"], completion_window="24h", metadata=None, output_expires_seconds=None,
+                 now=now, expires_at=now + 60)
+    store.request_cancel("local", "batch_validating1", now)
+    b = harness.wait_status("batch_validating1", "cancelled", timeout=10)
+    assert b["output_file_id"] is None and b["request_counts"]["total"] == 0
+
+
+def test_expiry(tmp_path: Path, registry: ModelRegistry) -> None:
+    settings = Settings(data_dir=str(tmp_path / "d"), engine=False, sweep_interval=3600.0,
+                        checkpoint_interval=0.05, poll_interval=0.05, completion_window_seconds=1)
+    with TestClient(create_app(settings, registry)) as client:
+        h = Harness(client, settings, registry)
+        lines = _slow(300)
+        b = h.submit(lines)
+        h.start_engine()
+        try:
+            b = h.wait_status(b["id"], "expired", timeout=15)
+            out, err = check_exactly_once(h, b, [x["custom_id"] for x in lines])
+            assert len(out) < 300
+            assert all(r["error"]["code"] == "batch_expired" for r in err)
+            assert b["expired_at"] is not None
+        finally:
+            h.stop_engine()
+
+
+def test_restart_resumes_exactly_once(harness: Harness) -> None:
+    lines = _slow(150)
+    b = harness.submit(lines)
+    for _ in range(3):
+        harness.start_engine()
+        harness.wait(b["id"], lambda x: x["request_counts"]["completed"] > 0 or x["status"] == "completed")
+        time.sleep(0.3)
+        harness.stop_engine()
+    harness.start_engine()
+    b = harness.wait_status(b["id"], "completed")
+    check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+
+
+def test_unknown_model_lines_become_404_rows(harness: Harness, settings: Settings) -> None:
+    lines = [chat_line(i, model="sim-other") for i in range(5)]
+    b = harness.submit(lines)
+    without = parse_model_specs({"models": [m for m in MODELS["models"] if m["id"] != "sim-other"]})
+    harness.engine = Engine(settings, without).start()
+    b = harness.wait_status(b["id"], "completed")
+    out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    assert not out and all(r["response"]["status_code"] == 404 for r in err)
+    assert err[0]["response"]["body"]["error"]["code"] == "model_not_found"
+
+
+def test_fair_across_batches_and_model_switch(harness: Harness) -> None:
+    first, second = harness.submit(_slow(60)), harness.submit(_slow(60))
+    other = harness.submit([chat_line(i, model="sim-other") for i in range(20)])
+    harness.start_engine()
+    mid = harness.wait(first["id"], lambda x: x["request_counts"]["completed"] >= 15)
+    # round-robin: the second batch of the same model moves at the same pace
+    assert harness.batch(second["id"])["request_counts"]["completed"] >= 8
+    assert mid["status"] == "in_progress"
+    # the other model waits until sim-slow has no unread lines, then loads and runs
+    assert harness.batch(other["id"])["request_counts"]["completed"] == 0
+    for x in (first, second, other):
+        done = harness.wait_status(x["id"], "completed")
+        assert done["request_counts"]["completed"] == done["request_counts"]["total"]
+
+
+@pytest.mark.parametrize("n", [5000])
+def test_pipeline_speed(harness: Harness, n: int) -> None:
+    lines = [chat_line(i, max_tokens=8) for i in range(n)]
+    b = harness.submit(lines)
+    harness.wait_status(b["id"], "in_progress")
+    t0 = time.monotonic()
+    harness.start_engine()
+    b = harness.wait_status(b["id"], "completed", timeout=120)
+    elapsed = time.monotonic() - t0
+    check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    print(f"\nsimulated pipeline: {n} lines in {elapsed:.2f}s = {n / elapsed:.0f} lines/s")
