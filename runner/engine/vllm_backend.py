@@ -182,7 +182,7 @@ class VllmBackend(Backend):
         except self._api.EngineDeadError as exc:
             raise EngineDead(str(exc)) from exc
         except Exception as exc:  # jinja2 template errors, VLLMValidationError, prompt too long...
-            raise LineError(_message(exc)) from exc
+            raise LineError(_message(exc), param=_param(exc)) from exc
         self._submit(line, inputs, params, priority)
 
     def step(self) -> list[LineResult]:
@@ -470,3 +470,9 @@ def _prompt_extras(request: Any) -> dict[str, Any]:
 def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def _param(exc: BaseException) -> str | None:
+    # vllm/exceptions.py::VLLMValidationError carries the offending parameter's name
+    param = getattr(exc, "parameter", None)
+    return str(param) if param is not None else None
