@@ -317,3 +317,16 @@ def test_output_files_default_to_30_days(client: TestClient) -> None:
     b = wait_status(client, create_batch(client, f["id"]).json()["id"])
     meta = client.get(f"/v1/files/{b['output_file_id']}").json()
     assert meta["expires_at"] == meta["created_at"] + 30 * 86_400
+
+
+@pytest.mark.parametrize("tail", [b"abc", b"abc\r\n--b", b"abc\r\n--b\r\n"])
+def test_upload_cut_short_is_400_and_commits_nothing(client: TestClient, tail: bytes) -> None:
+    body = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n' + tail)
+    r = client.post("/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_error(r, 400, code="invalid_multipart")
+    assert client.get("/v1/files").json()["data"] == []
+
+
+def test_list_after_unknown_id_code(client: TestClient) -> None:
+    assert_error(client.get("/v1/files", params={"after": "file-nosuch"}), 400, code="invalid_value", param="after")

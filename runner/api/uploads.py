@@ -35,6 +35,7 @@ class UploadedForm:
         self._name = ""
         self._is_file = False
         self._buf = bytearray()
+        self.complete = False
 
     def _fail(self, error: ApiError) -> None:
         if self.error is None:
@@ -88,6 +89,9 @@ class UploadedForm:
             self._fail(InvalidRequest(f"Form field {self._name!r} is too long.", param=self._name,
                                       code="invalid_multipart"))
 
+    def on_end(self) -> None:
+        self.complete = True
+
     def on_part_end(self) -> None:
         if self.error is not None or self._is_file:
             return
@@ -117,7 +121,7 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
     callbacks = {
         name: getattr(form, name)
         for name in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",
-                     "on_header_end", "on_headers_finished")
+                     "on_header_end", "on_headers_finished", "on_end")
     }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
@@ -131,6 +135,10 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
         raise
     except Exception as exc:  # the parser's own errors mean a malformed body: the client's mistake
         form._fail(InvalidRequest(f"Malformed multipart body: {exc}", code="invalid_multipart"))
+    if form.error is None and not form.complete:
+        # A body cut short (no closing boundary) would otherwise commit a truncated file.
+        form._fail(InvalidRequest("The multipart body is incomplete: no closing boundary.",
+                                  code="invalid_multipart"))
     if form.error is not None:
         raise form.error
     out.flush()

@@ -103,7 +103,7 @@ class BatchStore:
         if after:
             cursor = self.db.query_one("SELECT seq FROM batches WHERE id = ? AND owner = ?", (after, owner))
             if cursor is None:
-                raise InvalidRequest(f"No such Batch object for 'after': {after}", param="after")
+                raise InvalidRequest(f"No such Batch object for 'after': {after}", param="after", code="invalid_value")
             where += " AND seq < ?"
             params.append(cursor["seq"])
         rows = self.db.query(

@@ -98,7 +98,7 @@ class FileStore:
         if after:
             cursor = self.db.query_one("SELECT seq FROM files WHERE id = ? AND owner = ?", (after, owner))
             if cursor is None:
-                raise InvalidRequest(f"No such File object for 'after': {after}", param="after")
+                raise InvalidRequest(f"No such File object for 'after': {after}", param="after", code="invalid_value")
             clauses.append("seq < ?" if order == "desc" else "seq > ?")
             params.append(cursor["seq"])
         direction = "DESC" if order == "desc" else "ASC"
