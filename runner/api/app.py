@@ -56,7 +56,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
     code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
     body = openai_error_body(f"{message}: {request.method} {request.url.path}", "invalid_request_error", None, code)
-    return OrjsonResponse(body, status_code=exc.status_code, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # One Route per method: Starlette's Allow names only the first route's methods (see #6).
+        allowed = {m for r in ROUTES if r.path_regex.match(request.url.path) for m in r.methods or ()}
+        headers["allow"] = ", ".join(sorted(allowed))
+        headers.pop("Allow", None)
+    return OrjsonResponse(body, status_code=exc.status_code, headers=headers)
 
 
 def _is_disk_full(exc: BaseException) -> bool:

@@ -60,6 +60,11 @@ async def create_file(request: Request) -> Response:
         if form.filename is None:
             raise InvalidRequest("Missing 'file': send the file as a multipart part named 'file'.", param="file",
                                  code="missing_file")
+        unknown = sorted(k for k in form.fields if k not in ("purpose", "expires_after")
+                         and not k.startswith("expires_after["))
+        if unknown:  # as POST /v1/batches does (see #6: found by schemathesis)
+            raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)[:200]}",
+                                 param=unknown[0][:64], code="unknown_parameter")
         if not purpose:
             raise InvalidRequest("Missing 'purpose'.", param="purpose", code="missing_purpose")
         if purpose not in PURPOSES:

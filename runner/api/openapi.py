@@ -40,8 +40,9 @@ INT = {"type": "integer"}
 STR = {"type": "string"}
 TS = {"type": "integer", "minimum": 0}
 EXPIRES_AFTER = _closed(
-    {"anchor": {"type": "string", "enum": ["created_at"]},
-     "seconds": {"type": "integer", "minimum": 3600, "maximum": 2_592_000}},
+    {"anchor": {"type": "string", "enum": ["created_at"], "default": "created_at"},
+     "seconds": {"type": "integer", "minimum": 3600, "maximum": 2_592_000, "default": 2_592_000}},
+    required=[],
 )
 
 SCHEMAS: dict[str, Any] = {
@@ -156,6 +157,29 @@ def _op(op_id: str, summary: str, ok: dict[str, Any], errors: tuple[int, ...], *
     return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
 
 
+def _links(**links: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {name: {"operationId": op, **spec} for name, (op, spec) in links.items()}
+
+
+FILE_LINKS = _links(
+    RetrieveFile=("retrieveFile", {"parameters": {"file_id": "$response.body#/id"}}),
+    FileContent=("retrieveFileContent", {"parameters": {"file_id": "$response.body#/id"}}),
+    DeleteFile=("deleteFile", {"parameters": {"file_id": "$response.body#/id"}}),
+    CreateBatch=("createBatch", {"requestBody": {"input_file_id": "$response.body#/id",
+                                                 "endpoint": "/v1/chat/completions", "completion_window": "24h"}}),
+)
+BATCH_LINKS = _links(
+    RetrieveBatch=("retrieveBatch", {"parameters": {"batch_id": "$response.body#/id"}}),
+    CancelBatch=("cancelBatch", {"parameters": {"batch_id": "$response.body#/id"}}),
+    DeleteBatch=("deleteBatch", {"parameters": {"batch_id": "$response.body#/id"}}),
+    InputFile=("retrieveFile", {"parameters": {"file_id": "$response.body#/input_file_id"}}),
+)
+
+
+def _with_links(response: dict[str, Any], links: dict[str, Any]) -> dict[str, Any]:
+    return {**response, "links": links}
+
+
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False
            ) -> dict[str, Any]:
     return {"name": name, "in": where, "required": required or where == "path", "schema": schema,
@@ -164,7 +188,7 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str, requ
 
 FILE_ID_PARAM = _param("file_id", "path", FILE_ID, "The file's id.")
 BATCH_ID_PARAM = _param("batch_id", "path", BATCH_ID, "The batch's id.")
-AFTER = {"type": "string", "minLength": 1, "maxLength": 256}
+AFTER = {"type": "string", "maxLength": 256}  # empty means absent
 
 
 def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
@@ -175,7 +199,7 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
         "/v1/files": {
             "post": _op(
                 "createFile", "Upload a file (streamed to disk; .jsonl for purpose batch)." + upload_note,
-                _json_response("The File object.", _ref("File")), (400, 413, 503),
+                _with_links(_json_response("The File object.", _ref("File")), FILE_LINKS), (400, 413, 503),
                 requestBody={"required": True, "content": {"multipart/form-data": {
                     "schema": _ref("UploadFileRequest"),
                     "encoding": {"expires_after": {"contentType": "application/json"}}}}},
@@ -210,7 +234,8 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
         "/v1/batches": {
             "post": _op(
                 "createBatch", "Create a batch from an uploaded batch file; validated in the background.",
-                _json_response("The Batch object (status validating).", _ref("Batch")), (400, 404, 413, 503),
+                _with_links(_json_response("The Batch object (status validating).", _ref("Batch")), BATCH_LINKS),
+                (400, 404, 413, 503),
                 requestBody={"required": True,
                              "content": {"application/json": {"schema": _ref("CreateBatchRequest")}}},
             ),
