@@ -12,18 +12,27 @@ engine_args (models.yaml):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import struct
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from runner.engine.backend import Backend, LineRequest, LineResult, Usage
-from runner.engine.simulated_bodies import chat_prompt, completion_prompts, embedding_inputs, sampling
+from runner.engine.backend import Backend, LineRequest, LineResult
+from runner.engine.bodies import ChatInput, EmbeddingInput, SamplingOptions, parse_line
+from runner.engine.responses import (
+    ChoiceOutput,
+    PromptOutput,
+    TokenLogprob,
+    TopLogprob,
+    chat_completion_body,
+    completion_body,
+    embedding_body,
+    usage_of,
+)
 from runner.errors import LineError
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
@@ -51,7 +60,7 @@ def _words(seed: bytes, count: int) -> list[str]:
     return out[:count]
 
 
-def _generate(prompt: str, seed: Any, index: int, cap: int, stop: list[str]) -> tuple[str, int, str, Any]:
+def _generate(prompt: str, seed: Any, index: int, cap: int, stop: tuple[str, ...]) -> tuple[str, int, str, Any]:
     """(text, completion tokens, finish_reason, stop_reason) for one choice."""
     d = _digest(prompt, seed, index)
     natural = 4 + d[0] % 40
@@ -145,109 +154,55 @@ class SimulatedBackend(Backend):
     def has_unfinished(self) -> bool:
         return bool(self._pending)
 
-    # -- requests -> bodies --------------------------------------------------------------------------
+    # -- requests -> bodies (parsing and shapes shared with the transformers backend) ----------------
     def _run(self, req: LineRequest) -> LineResult:
-        body = req.body
-        if not isinstance(body, dict):
-            raise LineError("The request body must be a JSON object.", param="body")
         if req.endpoint not in self.spec.endpoints:
             raise LineError(f"The model {self.spec.id!r} does not serve {req.endpoint}.", param="model",
                             code="model_endpoint_mismatch")
-        rid = _digest(req.key).hex()[:24]
-        if req.endpoint == "/v1/embeddings":
-            return self._embed(req, body, rid)
-        if req.endpoint == "/v1/chat/completions":
-            return self._chat(req, body, rid)
-        return self._complete(req, body, rid)
+        inp = parse_line(req.endpoint, req.body, self.spec)
+        rid = _digest(req.key).hex()[:32]
+        body: dict[str, Any]
+        if isinstance(inp, EmbeddingInput):
+            dims = inp.dimensions or self.dimensions
+            texts = [_text(x) for x in inp.inputs]
+            tokens = sum(_count(x) for x in inp.inputs)
+            body = embedding_body(inp.model, [_embedding(t, dims) for t in texts], tokens,
+                                  encoding_format=inp.encoding_format, request_id=f"embd-{rid}")
+        elif isinstance(inp, ChatInput):
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in inp.messages)
+            tokens = 2 + sum(4 + len(m["content"].split()) for m in inp.messages)
+            body = chat_completion_body(inp.model, self._choices(prompt, tokens, inp.sampling),
+                                        request_id=f"chatcmpl-{rid}")
+        else:
+            outs = []
+            for p in inp.prompts:
+                po = self._choices(_text(p), _count(p), inp.sampling)
+                outs.append(replace(po, prompt_text=_text(p)) if inp.echo else po)
+            body = completion_body(inp.model, outs, request_id=f"cmpl-{rid}")
+        return LineResult(req.key, 200, body, usage_of(body))
 
-    def _chat(self, req: LineRequest, body: dict[str, Any], rid: str) -> LineResult:
-        prompt, prompt_tokens = chat_prompt(body)
-        s = sampling(body, self.spec.max_tokens, chat=True)
-        choices, completion = [], 0
+    def _choices(self, prompt: str, prompt_tokens: int, s: SamplingOptions) -> PromptOutput:
+        choices = []
         for i in range(s.n):
             text, n, finish, stop_reason = _generate(prompt, s.seed, i, s.max_tokens, s.stop)
-            completion += n
-            choices.append({
-                "index": i,
-                "message": {"role": "assistant", "content": text, "refusal": None, "annotations": None,
-                            "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None},
-                "logprobs": _chat_logprobs(text) if s.logprobs is not None else None,
-                "finish_reason": finish,
-                "stop_reason": stop_reason,
-            })
-        out = {
-            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", self.spec.id), "choices": choices, "service_tier": None,
-            "system_fingerprint": None, "usage": _usage(prompt_tokens, completion), "prompt_logprobs": None,
-            "kv_transfer_params": None,
-        }
-        return LineResult(req.key, 200, out, Usage(prompt_tokens=prompt_tokens, completion_tokens=completion))
-
-    def _complete(self, req: LineRequest, body: dict[str, Any], rid: str) -> LineResult:
-        prompts = completion_prompts(body)
-        s = sampling(body, self.spec.max_tokens, chat=False)
-        echo = bool(body.get("echo"))
-        choices, prompt_total, completion = [], 0, 0
-        for p_idx, (text_in, p_tokens) in enumerate(prompts):
-            prompt_total += p_tokens
-            for j in range(s.n):
-                text, n, finish, stop_reason = _generate(text_in, s.seed, j, s.max_tokens, s.stop)
-                completion += n
-                choices.append({
-                    "index": p_idx * s.n + j,
-                    "text": (text_in + text) if echo else text,
-                    "logprobs": _completion_logprobs(text) if s.logprobs is not None else None,
-                    "finish_reason": finish,
-                    "stop_reason": stop_reason,
-                    "prompt_logprobs": None,
-                })
-        out = {
-            "id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()),
-            "model": body.get("model", self.spec.id), "choices": choices, "service_tier": None,
-            "system_fingerprint": None, "usage": _usage(prompt_total, completion), "kv_transfer_params": None,
-        }
-        return LineResult(req.key, 200, out, Usage(prompt_tokens=prompt_total, completion_tokens=completion))
-
-    def _embed(self, req: LineRequest, body: dict[str, Any], rid: str) -> LineResult:
-        inputs = embedding_inputs(body)
-        dims = body.get("dimensions")
-        if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
-            raise LineError("'dimensions' must be a positive integer.", param="dimensions")
-        dims = dims or self.dimensions
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise LineError("'encoding_format' must be 'float' or 'base64'.", param="encoding_format")
-        data, tokens = [], 0
-        for i, (text, n) in enumerate(inputs):
-            tokens += n
-            vec: Any = _embedding(text, dims)
-            if fmt == "base64":
-                vec = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
-            data.append({"index": i, "object": "embedding", "embedding": vec})
-        out = {
-            "id": f"embd-{rid}", "object": "list", "created": int(time.time()),
-            "model": body.get("model", self.spec.id), "data": data,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
-                      "prompt_tokens_details": None},
-        }
-        return LineResult(req.key, 200, out, Usage(prompt_tokens=tokens))
+            lps = None
+            if s.logprobs is not None:
+                lps = tuple(TokenLogprob(w, -0.25, tuple(w.encode()),
+                                         tuple(TopLogprob(w, -0.25) for _ in range(min(s.logprobs, 1))))
+                            for w in _spaced(text))
+            choices.append(ChoiceOutput(text, n, finish, stop_reason, lps))
+        return PromptOutput(prompt_tokens, tuple(choices))
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion,
-            "prompt_tokens_details": None}
+def _text(p: str | tuple[int, ...]) -> str:
+    return p if isinstance(p, str) else " ".join(f"t{t}" for t in p)
 
 
-def _chat_logprobs(text: str) -> dict[str, Any]:
-    return {"content": [{"token": w, "logprob": -0.25, "bytes": list(w.encode()), "top_logprobs": []}
-                        for w in text.split()]}
+def _count(p: str | tuple[int, ...]) -> int:
+    return max(1, len(p.split())) if isinstance(p, str) else len(p)
 
 
-def _completion_logprobs(text: str) -> dict[str, Any]:
-    words = text.split()
-    offsets, pos = [], 0
-    for w in words:
-        offsets.append(pos)
-        pos += len(w) + 1
-    return {"text_offset": offsets, "token_logprobs": [-0.25] * len(words), "tokens": words,
-            "top_logprobs": [{w: -0.25} for w in words]}
+def _spaced(text: str) -> list[str]:
+    """The text's tokens (words, each after the first with its leading space), joining back to it."""
+    words = text.split(" ") if text else []
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
