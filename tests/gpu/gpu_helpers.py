@@ -1,0 +1,154 @@
+"""Helpers for tests/gpu: the skip rule, a tiny Llama fixture, fresh-process runs.
+
+Each GPU test runs its body in a fresh Python process (as vLLM's own tests do with
+`create_new_process_for_each_test`), so CUDA state and EngineCore children never leak between
+tests and a hang is cut off by a timeout.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Environment of every child: offline, no telemetry, no FlashInfer JIT compile of the sampler.
+CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "VLLM_USE_FLASHINFER_SAMPLER": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+# Engine args for the tiny dummy-weight model: small, eager, a fraction of the GPU.
+TINY_ENGINE_ARGS = {
+    "load_format": "dummy",
+    "enforce_eager": True,
+    "max_model_len": 512,
+    "gpu_memory_utilization": 0.25,
+    "max_num_seqs": 32,
+    "seed": 0,
+}
+
+
+def skip_unless_gpu_vllm() -> None:
+    """Module-level skip: these tests need CUDA and an importable vllm."""
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("vllm is not installed", allow_module_level=True)
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device", allow_module_level=True)
+
+
+def make_tiny_llama(out: Path) -> Path:
+    """A 2-layer Llama folder (config + real BPE tokenizer with a chat template, no weights):
+    the recipe of ../shared/gpu/make_tiny_llama.py, for load_format="dummy"."""
+    if (out / "config.json").exists():
+        return out
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = ['The quick brown fox jumps over the lazy dog. Hello world, vLLM on Hopper! {"a": true}'] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    # starts with the BOS token, as Llama templates do: the double-BOS pitfall shows if re-tokenized
+    fast.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    )
+    fast.save_pretrained(str(out))
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "vocab_size": 512,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+    }
+    (out / "config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}), encoding="utf-8")
+    return out
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
+    env.update(CHILD_ENV)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def run_fresh(code: str, *, timeout: float = 540) -> str:
+    """Run `code` in a fresh interpreter; fail the test with its output if it fails."""
+    source = textwrap.dedent(code)
+    proc = subprocess.run(
+        [sys.executable, "-c", source],
+        env=child_env(),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"child exited {proc.returncode}:\n{out[-8000:]}")
+    return proc.stdout
+
+
+# Prelude of every backend child: build a VllmBackend and drive it like the engine loop does.
+BACKEND_PRELUDE = f"""
+import json, sys, time
+from runner.engine.backend import LineRequest
+from runner.engine.vllm_backend import VllmBackend
+from runner.errors import LineError
+from runner.model_specs import ModelSpec
+from runner.settings import Settings
+
+def make(path, task="generate", max_tokens=32, **extra):
+    args = dict({TINY_ENGINE_ARGS!r})
+    args.update(extra)
+    return VllmBackend(ModelSpec(id="tiny", backend="vllm", path=path, task=task,
+                                 max_tokens=max_tokens, engine_args=args), Settings())
+
+def line(key, endpoint, body):
+    return LineRequest(key=key, batch_id="b", custom_id=key, endpoint=endpoint, body=body)
+
+def run(backend, lines, deadline=300):
+    for req in lines:
+        backend.add(req)
+    results = {{}}
+    end = time.monotonic() + deadline
+    while backend.has_unfinished():
+        assert time.monotonic() < end, "timed out"
+        for r in backend.step():
+            assert r.key not in results, "a line finished twice"
+            results[r.key] = r
+    return results
+"""
