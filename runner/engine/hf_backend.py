@@ -112,7 +112,11 @@ class HFBackend(Backend):
         self.spec = spec
         args = dict(spec.engine_args)
         unknown = set(args) - _ENGINE_ARGS
-        if unknown:
+        if unknown and spec.backend == "auto":  # meant for vLLM when the box has a GPU
+            logger.warning("transformers backend ignores engine_args model=%s keys=%s", spec.id,
+                           ",".join(sorted(unknown)))
+            args = {k: v for k, v in args.items() if k in _ENGINE_ARGS}
+        elif unknown:
             raise ConfigError(f"model {spec.id!r}: engine_args {', '.join(sorted(unknown))} are not known to "
                               f"the transformers backend (known: {', '.join(sorted(_ENGINE_ARGS))})")
         threads = settings.threads or min(2, os.cpu_count() or 1)
