@@ -1,0 +1,145 @@
+"""`runner run`: the offline drop-in for `vllm run-batch` (simulated backend)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from runner.cli import main
+
+MODELS = """models:
+  - id: sim
+    backend: simulated
+    task: generate
+    max_tokens: 8
+  - id: emb
+    backend: simulated
+    task: embed
+"""
+
+
+def _line(cid: str, model: str = "sim", url: str = "/v1/chat/completions", **body: object) -> str:
+    payload = {"model": model, "messages": [{"role": "user", "content": f"hello {cid}"}], **body}
+    return json.dumps({"custom_id": cid, "method": "POST", "url": url, "body": payload})
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    p = tmp_path / "models.yaml"
+    p.write_text(MODELS)
+    return p
+
+
+def test_run_writes_every_line_once_with_errors_in_output(tmp_path: Path, models: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    lines = [_line(f"r{i}") for i in range(30)]
+    lines.append(_line("bad-model", model="nope"))
+    lines.append(_line("bad-n", n=0))
+    lines.append(_line("wrong-url", url="/v1/embeddings"))
+    inp.write_text("\n".join(lines))  # no final newline: tolerated
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "-i", str(inp), "-o", str(out), "--models", str(models)])
+    assert exit_info.value.code == 0
+    rows = _rows(out)
+    ids = Counter(r["custom_id"] for r in rows)
+    assert set(ids) == {f"r{i}" for i in range(30)} | {"bad-model", "bad-n", "wrong-url"}
+    assert max(ids.values()) == 1
+    by_id = {r["custom_id"]: r for r in rows}
+    assert by_id["bad-model"]["response"]["status_code"] == 404
+    assert by_id["bad-n"]["response"]["status_code"] == 400
+    assert by_id["wrong-url"]["response"]["status_code"] == 400
+    assert by_id["r0"]["response"]["body"]["object"] == "chat.completion"
+    assert by_id["r0"]["id"].startswith("batch_req_")
+
+
+def test_run_separate_errors_file_and_resume(tmp_path: Path, models: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join([_line(f"r{i}") for i in range(10)] + [_line("bad", model="nope")]) + "\n")
+    out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    args = ["run", "-i", str(inp), "-o", str(out), "--errors", str(err), "--models", str(models)]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert len(_rows(out)) == 10 and len(_rows(err)) == 1
+    # Simulate a crash after 4 rows with a torn fifth line, then run again: it resumes.
+    kept = out.read_text().splitlines()[:4]
+    out.write_text("\n".join(kept) + "\n" + kept[0][:20])
+    with pytest.raises(SystemExit):
+        main(args)
+    rows = _rows(out)
+    assert sorted(r["custom_id"] for r in rows) == sorted(f"r{i}" for i in range(10))
+    assert [r["custom_id"] for r in _rows(err)] == ["bad"]
+
+
+@pytest.mark.parametrize(
+    ("content", "lineno"),
+    [("not json at all\n", 1), (_line("a") + "\n" + json.dumps({"method": "POST"}) + "\n", 2)],
+)
+def test_run_refuses_input_that_is_not_a_batch_file(tmp_path: Path, models: Path, content: str, lineno: int,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(content)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "-i", str(inp), "-o", str(out), "--models", str(models)])
+    assert exit_info.value.code == 2
+    assert f"in.jsonl:{lineno}:" in capsys.readouterr().err
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_run_accepts_vllm_run_batch_flags(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_line(f"r{i}", model="my-model") for i in range(5)) + "\n")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "-i", str(inp), "-o", str(out), "--model", "my-model", "--backend", "simulated",
+              "--max-model-len", "4096", "--enforce-eager", "--gpu-memory-utilization=0.5",
+              "--output-tmp-dir", str(tmp_path), "--response-role", "assistant"])
+    assert exit_info.value.code == 0
+    assert len(_rows(out)) == 5
+
+
+@pytest.mark.slow
+def test_run_killed_mid_run_resumes_exactly_once(tmp_path: Path) -> None:
+    models = tmp_path / "slow.yaml"
+    models.write_text("models:\n  - id: sim\n    backend: simulated\n    task: generate\n"
+                      "    engine_args: {tokens_per_second: 400}\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_line(f"r{i}", max_tokens=8) for i in range(120)) + "\n")
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "runner", "run", "-i", str(inp), "-o", str(out), "--models", str(models),
+           "--max-inflight", "8"]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 20):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(_rows_tolerant(out))
+    assert 0 < partial < 120
+    assert subprocess.run(cmd, timeout=120).returncode == 0
+    ids = Counter(r["custom_id"] for r in _rows(out))
+    assert set(ids) == {f"r{i}" for i in range(120)}
+    assert max(ids.values()) == 1
+
+
+def _rows_tolerant(path: Path) -> list[dict]:
+    rows = []
+    for raw in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(raw))
+        except json.JSONDecodeError:
+            pass
+    return rows
