@@ -9,8 +9,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
+from runner.engine.backend import Backend
 from runner.engine.main import Engine
-from runner.model_specs import ModelRegistry, parse_model_specs
+from runner.model_specs import ModelRegistry, ModelSpec, parse_model_specs
 from runner.settings import Settings
 from tests.engine.conftest import MODELS, Harness, chat_line, check_exactly_once
 
@@ -129,3 +130,27 @@ def test_pipeline_speed(harness: Harness, n: int) -> None:
     elapsed = time.monotonic() - t0
     check_exactly_once(harness, b, [x["custom_id"] for x in lines])
     print(f"\nsimulated pipeline: {n} lines in {elapsed:.2f}s = {n / elapsed:.0f} lines/s")
+
+
+def test_model_load_failure_becomes_500_rows(harness: Harness, settings: Settings) -> None:
+    def broken(spec: ModelSpec, s: Settings) -> Backend:
+        raise RuntimeError("weights are corrupt")
+
+    lines = [chat_line(i) for i in range(4)]
+    b = harness.submit(lines)
+    harness.engine = Engine(settings, harness.registry, backend_factory=broken).start()
+    b = harness.wait_status(b["id"], "completed")
+    out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    assert not out and {r["response"]["status_code"] for r in err} == {500}
+    assert "weights are corrupt" in err[0]["response"]["body"]["error"]["message"]
+
+
+def test_generation_and_embedding_models_run_side_by_side(harness: Harness) -> None:
+    chat = harness.submit(_slow(40))
+    emb = harness.submit([{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
+                           "body": {"model": "sim-embed", "input": "x"}} for i in range(30)], "/v1/embeddings")
+    harness.start_engine()
+    done = harness.wait_status(emb["id"], "completed")
+    assert done["request_counts"]["completed"] == 30
+    assert harness.batch(chat["id"])["status"] == "in_progress"  # the embed slot did not wait for it
+    harness.wait_status(chat["id"], "completed")

@@ -57,6 +57,7 @@ class Server:
             env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
         self.base = f"http://127.0.0.1:{self.port}"
+        self.data = tmp / "data"
         self.log_path = tmp / "server.log"
         deadline = time.monotonic() + 30
         while True:
@@ -178,3 +179,7 @@ def test_engine_sigkill_during_run(server: Server) -> None:
     out, err = _exactly_once(c, b, [x["custom_id"] for x in lines])
     assert len(out) == 2000 and not err
     assert server.health()["engine"]["restarts"] >= 5
+    # on disk, the finished files hold exactly the recorded bytes: no torn or duplicated tail
+    for fid in (b.output_file_id, b.error_file_id):
+        assert fid is not None
+        assert (server.data / "files" / fid).stat().st_size == c.files.retrieve(fid).bytes
