@@ -105,3 +105,17 @@ def assert_error(r: Any, status: int, *, code: str | None = None, param: str | N
     if param != "<any>":
         assert err["param"] == param, err
     return dict(err)
+
+
+def create_unvalidated(client: TestClient, file_id: str) -> dict[str, Any]:
+    """Create a batch whose validation never starts, so it stays `validating` (a crash, or a slow validator)."""
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    submit = svc.submit_validation
+    svc.submit_validation = lambda batch_id: None
+    try:
+        r = create_batch(client, file_id)
+    finally:
+        svc.submit_validation = submit
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body

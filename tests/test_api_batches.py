@@ -5,7 +5,18 @@ from __future__ import annotations
 import time
 
 import pytest
-from api_helpers import CHAT, EMBED, assert_error, create_batch, jsonl, line, run_batch, upload_ok, wait_status
+from api_helpers import (
+    CHAT,
+    EMBED,
+    assert_error,
+    create_batch,
+    create_unvalidated,
+    jsonl,
+    line,
+    run_batch,
+    upload_ok,
+    wait_status,
+)
 from starlette.testclient import TestClient
 
 BATCH_FIELDS = {
@@ -269,14 +280,7 @@ def test_cancel_an_in_progress_batch(client: TestClient) -> None:
 
 def test_cancel_while_validating_finishes_at_once(client: TestClient) -> None:
     svc = client.app.state.services  # type: ignore[attr-defined]
-    fid = _file(client)
-    # Hold validation back so the cancel lands while the batch is still `validating`.
-    submit = svc.submit_validation
-    svc.submit_validation = lambda batch_id: None
-    try:
-        b = create_batch(client, fid).json()
-    finally:
-        svc.submit_validation = submit
+    b = create_unvalidated(client, _file(client))  # the cancel lands while it is still `validating`
     c = client.post(f"/v1/batches/{b['id']}/cancel").json()
     assert c["status"] == "cancelled"
     assert c["cancelling_at"] is not None and c["cancelled_at"] is not None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
-
-from api_helpers import create_batch, jsonl, line, run_batch, upload_ok, wait_status
+from api_helpers import create_unvalidated, jsonl, line, run_batch, upload_ok, wait_status
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
@@ -44,11 +42,8 @@ def test_restart_keeps_every_file_and_batch(settings: Settings, registry: ModelR
 
 def test_batch_left_validating_is_validated_after_restart(settings: Settings, registry: ModelRegistry) -> None:
     with TestClient(create_app(settings, registry)) as c:
-        svc = c.app.state.services  # type: ignore[attr-defined]
-        svc.submit_validation = lambda batch_id: None  # the "crash": validation never ran
         fid = upload_ok(c, jsonl(line("a")))["id"]
-        bid = create_batch(c, fid).json()["id"]
-        time.sleep(0.05)
+        bid = create_unvalidated(c, fid)["id"]  # the "crash": validation never ran
         assert c.get(f"/v1/batches/{bid}").json()["status"] == "validating"
     with TestClient(create_app(settings, registry)) as c:
         b = wait_status(c, bid)

@@ -7,11 +7,11 @@ from typing import Any
 
 import orjson
 import pytest
-from api_helpers import CHAT, EMBED, jsonl, line, run_batch
+from api_helpers import CHAT, EMBED, create_unvalidated, jsonl, line, run_batch, upload_ok, wait_status
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
-from runner.model_specs import ModelRegistry
+from runner.model_specs import ModelRegistry, parse_model_specs
 from runner.settings import Settings
 from runner.validation import ValidationResult, validate_batch_file
 
@@ -139,9 +139,7 @@ def test_model_serves_the_endpoint(v: Any) -> None:
     assert e["code"] == "model_endpoint_mismatch"
 
 
-def test_one_model_per_file(registry: ModelRegistry, tmp_path: Path) -> None:
-    from runner.model_specs import parse_model_specs
-
+def test_one_model_per_file(tmp_path: Path) -> None:
     two = parse_model_specs({"models": [{"id": "m1", "backend": "simulated"}, {"id": "m2", "backend": "simulated"}]})
     res = _validate(tmp_path, two, jsonl(line("a", model="m1"), line("b", model="m1"), line("c", model="m2")))
     e = _only(res)
@@ -276,16 +274,9 @@ def test_failed_validation_of_an_empty_upload(client: TestClient) -> None:
 
 
 def test_input_file_gone_before_validation(client: TestClient) -> None:
-    from api_helpers import create_batch, upload_ok, wait_status
-
     svc = client.app.state.services  # type: ignore[attr-defined]
     fid = upload_ok(client, jsonl(line()))["id"]
-    submit = svc.submit_validation
-    svc.submit_validation = lambda batch_id: None
-    try:
-        bid = create_batch(client, fid).json()["id"]
-    finally:
-        svc.submit_validation = submit
+    bid = create_unvalidated(client, fid)["id"]
     svc.files.path_of(fid).unlink()
     svc.submit_validation(bid)
     b = wait_status(client, bid)
