@@ -14,13 +14,13 @@ MAX_JSON_BODY = 1024 * 1024
 
 def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    # Plain ASCII digits only: int() would also take "", " 5", "1_0" and non-ASCII digits (see #6).
+    if not (raw.isascii() and raw.removeprefix("-").isdigit() and len(raw) <= 20):
         raise InvalidRequest(f"'{name}' must be an integer between {lo} and {hi}.", param=name,
-                             code="invalid_value") from None
+                             code="invalid_value")
+    value = int(raw)
     if not lo <= value <= hi:
         raise InvalidRequest(f"'{name}' must be between {lo} and {hi}, got {value}.", param=name,
                              code="invalid_value")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,16 +28,35 @@ class Services:
         self.batches = BatchStore(self.db, self.files)
         self.files.clean_temp()
         self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
+        self._retries: dict[str, threading.Timer] = {}
+        self._retry_lock = threading.Lock()
+        self._closed = False
 
     def resume_validation(self) -> None:
         """Batches left in `validating` by a crash are validated again."""
         for row in self.batches.validating():
             self.submit_validation(row["id"])
 
-    def submit_validation(self, batch_id: str) -> None:
-        self._validators.submit(self._validate, batch_id)
+    def submit_validation(self, batch_id: str, attempt: int = 0) -> None:
+        with self._retry_lock:
+            self._retries.pop(batch_id, None)
+            if self._closed:
+                return
+            self._validators.submit(self._validate, batch_id, attempt)
 
-    def _validate(self, batch_id: str) -> None:
+    def _retry_later(self, batch_id: str, attempt: int) -> None:
+        """A storage error (disk full, database busy) is transient: validate again after a backoff, so
+        the batch does not sit in `validating` until the next restart (see #6)."""
+        delay = min(60.0, 0.5 * 2 ** attempt)
+        with self._retry_lock:
+            if self._closed:
+                return
+            timer = threading.Timer(delay, self.submit_validation, (batch_id, attempt + 1))
+            timer.daemon = True
+            self._retries[batch_id] = timer
+            timer.start()
+
+    def _validate(self, batch_id: str, attempt: int = 0) -> None:
         try:
             row = self.batches.get_any(batch_id)
             if row is None or row["status"] != "validating":
@@ -63,6 +84,9 @@ class Services:
             else:
                 self.batches.fail_validation(batch_id, result.errors, now, model=result.model)
                 logger.info("batch failed validation batch=%s errors=%d", batch_id, result.error_count)
+        except (OSError, sqlite3.Error) as exc:
+            logger.warning("validation hit a storage error batch=%s attempt=%d: %s", batch_id, attempt, exc)
+            self._retry_later(batch_id, attempt)
         except Exception:
             # Leave it in `validating`: a restart validates it again.
             logger.exception("validation crashed batch=%s", batch_id)
@@ -75,5 +99,10 @@ class Services:
         return len(gone)
 
     def close(self) -> None:
+        with self._retry_lock:
+            self._closed = True
+            for timer in self._retries.values():
+                timer.cancel()
+            self._retries.clear()
         self._validators.shutdown(wait=True, cancel_futures=False)
         self.db.close()

@@ -6,13 +6,14 @@ memory) and the size cap is enforced while streaming, so an over-size upload cos
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import IO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from runner.errors import ApiError, InvalidRequest, PayloadTooLarge
+from runner.errors import ApiError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
@@ -132,6 +133,11 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
         else:
             parser.finalize()
     except ApiError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the disk filled while streaming: not the client's fault
+            raise ServiceUnavailable("The server's disk is full; retry later.", code="disk_full",
+                                     headers={"retry-after": "30"}) from None
         raise
     except Exception as exc:  # the parser's own errors mean a malformed body: the client's mistake
         form._fail(InvalidRequest(f"Malformed multipart body: {exc}", code="invalid_multipart"))

@@ -143,25 +143,31 @@ class BatchStore:
             return False
         seconds = row["output_expires_seconds"] or file_expiry_seconds
         out_id, err_id = new_file_id(), new_file_id()
-        for fid in (out_id, err_id):
-            self.files.path_of(fid).touch()
-        with self.db.transaction() as conn:
-            current = conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
-            if current["status"] != "validating":
-                for fid in (out_id, err_id):
-                    self.files.path_of(fid).unlink(missing_ok=True)
-                return False
-            for fid, kind in ((out_id, "output"), (err_id, "error")):
+        try:
+            for fid in (out_id, err_id):
+                self.files.path_of(fid).touch()
+            with self.db.transaction() as conn:
+                current = conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
+                if current["status"] != "validating":
+                    for fid in (out_id, err_id):
+                        self.files.path_of(fid).unlink(missing_ok=True)
+                    return False
+                for fid, kind in ((out_id, "output"), (err_id, "error")):
+                    conn.execute(
+                        "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at, status,"
+                        " batch_id) VALUES (?, ?, 'batch_output', ?, 0, ?, ?, 'processed', ?)",
+                        (fid, row["owner"], f"{batch_id}_{kind}.jsonl", now, now + seconds, batch_id),
+                    )
                 conn.execute(
-                    "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at, status,"
-                    " batch_id) VALUES (?, ?, 'batch_output', ?, 0, ?, ?, 'processed', ?)",
-                    (fid, row["owner"], f"{batch_id}_{kind}.jsonl", now, now + seconds, batch_id),
+                    "UPDATE batches SET model = ?, total = ?, output_file_id = ?, error_file_id = ? WHERE id = ?",
+                    (model, total, out_id, err_id, batch_id),
                 )
-            conn.execute(
-                "UPDATE batches SET model = ?, total = ?, output_file_id = ?, error_file_id = ? WHERE id = ?",
-                (model, total, out_id, err_id, batch_id),
-            )
-            self._set_status(conn, batch_id, "validating", "in_progress", now)
+                self._set_status(conn, batch_id, "validating", "in_progress", now)
+        except BaseException:
+            # e.g. disk full: no row points at these files, so they must not stay behind (see #6)
+            for fid in (out_id, err_id):
+                self.files.path_of(fid).unlink(missing_ok=True)
+            raise
         return True
 
     def fail_validation(self, batch_id: str, errors: list[dict[str, Any]], now: int, *, model: str | None) -> bool:

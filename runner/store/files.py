@@ -66,13 +66,17 @@ class FileStore:
         leaves an orphan file with no row, never a row with no file."""
         final = self.path_of(file_id)
         os.replace(tmp_path, final)
-        fsync_dir(self.dir)
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 'processed')",
-                (file_id, owner, purpose, filename, size, created_at, expires_at),
-            )
+        try:
+            fsync_dir(self.dir)
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 'processed')",
+                    (file_id, owner, purpose, filename, size, created_at, expires_at),
+                )
+        except BaseException:
+            final.unlink(missing_ok=True)  # e.g. disk full on insert: no orphan bytes left (see #6)
+            raise
         return self.get(owner, file_id)
 
     # -- reads -------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ SECONDS = int(os.environ.get("RELIABILITY_FUZZ_SECONDS", "240"))
 KEY = "fuzz-key"
 
 
+@pytest.mark.slow
 def test_openapi_document_is_served(live_server: Callable[..., Any]) -> None:
     server = live_server(env={"RUNNER_API_KEYS": KEY})
     resp = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"})

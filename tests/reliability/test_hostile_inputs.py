@@ -357,6 +357,10 @@ HTTP_CASES: list[Case] = [
     ("files_limit_negative", "GET", "/v1/files?limit=-1", _none, 400, "invalid_value"),
     ("files_limit_float", "GET", "/v1/files?limit=1.5", _none, 400, "invalid_value"),
     ("files_limit_huge", "GET", "/v1/files?limit=" + "9" * 5000, _none, 400, "invalid_value"),
+    ("files_limit_empty", "GET", "/v1/files?limit=", _none, 400, "invalid_value"),
+    ("files_limit_underscore", "GET", "/v1/files?limit=1_0", _none, 400, "invalid_value"),
+    ("files_limit_spaces", "GET", "/v1/files?limit=%205", _none, 400, "invalid_value"),
+    ("files_limit_arabic_digits", "GET", "/v1/files?limit=%D9%A5", _none, 400, "invalid_value"),
     ("files_order_sideways", "GET", "/v1/files?order=sideways", _none, 400, "invalid_value"),
     ("files_after_unknown", "GET", "/v1/files?after=file-unknown", _none, 400, None),
     ("files_after_traversal", "GET", "/v1/files?after=..%2F..%2Fetc", _none, 400, None),
@@ -523,6 +527,7 @@ def _raw_http(url: str, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_oversize_headers_real_server(live_server: Callable[..., Any]) -> None:
     """uvicorn (h11) caps the request head; a huge header, header count or URL is refused with a 4xx
     (or the connection closed), never a 5xx, and the server keeps serving."""
