@@ -339,3 +339,23 @@ def test_packaged_minilm_is_used_in_place(tmp_path: Path, monkeypatch: pytest.Mo
     folder = resolve_path("sentence-transformers/all-MiniLM-L6-v2", tmp_path)
     assert (folder / "config.json").exists() and (folder / "modules.json").exists()
     assert not any(tmp_path.iterdir())  # nothing copied
+
+
+def test_refill_merges_waiting_rows_and_keeps_greedy_results(
+    tiny_llama_dir: Path, hf_settings: Settings, gen: HFBackend
+) -> None:
+    lengths = [3, 20, 8, 15, 5, 11]
+    prompts = [f"prompt number {i} " * (i + 1) for i in range(len(lengths))]
+
+    def body(i: int) -> LineRequest:
+        return chat_req(prompts[i], max_tokens=lengths[i], temperature=0, ignore_eos=True)
+
+    single = [one(gen, body(i))["choices"][0]["message"]["content"] for i in range(len(lengths))]
+    for refill in (True, False):
+        backend = make_gen(tiny_llama_dir, hf_settings, batch_size=2, refill=refill)
+        reqs = [body(i) for i in range(len(lengths))]
+        out = run(backend, *reqs)
+        got = [out[r.key].body["choices"][0]["message"]["content"] for r in reqs]
+        assert got == single, f"refill={refill}"
+        assert [out[r.key].usage.completion_tokens for r in reqs] == lengths
+        backend.close()

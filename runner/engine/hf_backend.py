@@ -4,7 +4,9 @@ without vLLM).
 Generation. Each line becomes sequences (one per prompt and choice: n > 1 and prompt lists fan
 out). `step()` runs one micro-batch of up to `batch_size` sequences (engine_args, default 8): the
 oldest waiting sequence plus the waiting ones closest to it in prompt length (bucketing keeps left
-padding small; starting from the oldest keeps latency bounded). The decode loop is our own, not
+padding small; starting from the oldest keeps latency bounded). When a quarter of the rows have
+finished, waiting rows are prefilled and merged into the running batch (engine_args refill,
+default true), so the batch does not drain down to its longest row. The decode loop is our own, not
 `generate()`, so that every row keeps its own sampling parameters (temperature, top_p, top_k, min_p,
 penalties, logit_bias, seed, stop strings and token ids, max tokens, logprobs): rows of different
 lines share a batch. A step returns after about `step_seconds` (engine_args, default 1.0) even mid
@@ -62,7 +64,7 @@ SUPPORTED = frozenset({
     "n", "echo", "include_stop_str_in_output", "skip_special_tokens", "continue_final_message",
     "truncate_prompt_tokens",
 })
-_ENGINE_ARGS = {"batch_size", "embed_batch_size", "step_seconds", "dtype", "device", "max_model_len",
+_ENGINE_ARGS = {"batch_size", "embed_batch_size", "step_seconds", "refill", "dtype", "device", "max_model_len",
                 "max_inflight", "trust_remote_code"}
 
 
@@ -129,6 +131,7 @@ class HFBackend(Backend):
         self.batch_size = int(args.get("batch_size", 8))
         self.embed_batch_size = int(args.get("embed_batch_size", 32))
         self.step_seconds = float(args.get("step_seconds", 1.0))
+        self.refill = bool(args.get("refill", True))
         self.default_max_inflight = int(args.get("max_inflight", 4 * self.batch_size))
         self.path = resolve_model_path(spec, settings)
 
@@ -219,9 +222,11 @@ class HFBackend(Backend):
             return results
         # 3) generation: start a micro-batch if none runs, then decode for a time slice
         if self._batch is None and self._waiting:
-            self._start_batch(self._pick())
+            self._batch = self._prefill(self._pick(self.batch_size))
         deadline = time.monotonic() + self.step_seconds
         while self._batch is not None:
+            if self.refill:
+                self._refill()
             results.extend(self._decode_once())
             if time.monotonic() >= deadline:
                 break
@@ -338,17 +343,17 @@ class HFBackend(Backend):
 
     # -- generation ------------------------------------------------------------------------------
 
-    def _pick(self) -> list[_Seq]:
+    def _pick(self, count: int) -> list[_Seq]:
         """The oldest waiting row plus the waiting rows nearest to it in prompt length."""
         first = self._waiting[0]
         rest = sorted(self._waiting[1:], key=lambda s: abs(len(s.prompt_ids) - len(first.prompt_ids)))
-        chosen = [first, *rest[: self.batch_size - 1]]
+        chosen = [first, *rest[: count - 1]]
         ids = {id(s) for s in chosen}
         self._waiting = [s for s in self._waiting if id(s) not in ids]
         return chosen
 
     @torch.inference_mode()
-    def _start_batch(self, rows: list[_Seq]) -> None:
+    def _prefill(self, rows: list[_Seq]) -> _Batch:
         width = max(len(r.prompt_ids) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -359,7 +364,27 @@ class HFBackend(Backend):
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        self._batch = _Batch(rows, mask, out.past_key_values, out.logits[:, -1, :].float())
+        return _Batch(rows, mask, out.past_key_values, out.logits[:, -1, :].float())
+
+    def _refill(self) -> None:
+        """Admit waiting rows into the running batch once enough rows have left it: they are
+        prefilled alone, then their KV cache is left-padded to the batch's length and appended, so
+        the batch stays full instead of draining to its longest row (a simple continuous batching)."""
+        b = self._batch
+        assert b is not None
+        free = self.batch_size - len(b.rows)
+        if not self._waiting or free < max(1, self.batch_size // 4) or not _mergeable(b.cache):
+            return
+        nb = self._prefill(self._pick(free))
+        if not _mergeable(nb.cache):
+            raise RuntimeError("cache layout changed between prefills")  # pragma: no cover
+        width = max(b.mask.shape[1], nb.mask.shape[1])
+        for old, new in zip(b.cache.layers, nb.cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, width, 2), _pad_left(new.keys, width, 2)], dim=0)
+            old.values = torch.cat([_pad_left(old.values, width, 2), _pad_left(new.values, width, 2)], dim=0)
+        b.mask = torch.cat([_pad_left(b.mask, width, 1), _pad_left(nb.mask, width, 1)], dim=0)
+        b.logits = torch.cat([b.logits, nb.logits], dim=0)
+        b.rows = b.rows + nb.rows
 
     @torch.inference_mode()
     def _decode_once(self) -> list[LineResult]:
@@ -572,6 +597,24 @@ class HFBackend(Backend):
             if line.remaining == 0:
                 results.append(self._finish(line))
         return results
+
+
+def _mergeable(cache: Any) -> bool:
+    """True for a plain DynamicCache (full-attention layers holding keys/values tensors)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and getattr(layer, "keys", None) is not None
+                                for layer in layers)
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
 
 
 def load(spec: ModelSpec, settings: Settings) -> HFBackend:
