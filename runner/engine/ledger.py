@@ -33,21 +33,26 @@ class Totals:
 
 
 def _scan(path: Path, size: int, done: set[str]) -> int:
-    """Add the custom_ids of the first `size` bytes of a JSONL file to `done`; return the row count."""
+    """Add the custom_ids of the first `size` bytes of a JSONL file to `done`; return the row count.
+    Streams line by line, so a restart of a big batch does not hold its output in memory."""
     rows = 0
-    with open(path, "rb") as f:
-        data = f.read(size)
-    for raw in data.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            cid = orjson.loads(raw)["custom_id"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            logger.warning("unreadable row dropped from done-set path=%s", path)
-            continue
-        if cid not in done:
-            done.add(cid)
-            rows += 1
+    left = size
+    with open(path, "rb", buffering=1024 * 1024) as f:
+        while left > 0:
+            raw = f.readline()
+            if not raw:
+                break
+            left -= len(raw)
+            if not raw.strip():
+                continue
+            try:
+                cid = orjson.loads(raw)["custom_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                logger.warning("unreadable row dropped from done-set path=%s", path)
+                continue
+            if cid not in done:
+                done.add(cid)
+                rows += 1
     return rows
 
 

@@ -8,12 +8,14 @@ the writer (appends rows, checkpoints, ends batches). Engine can also run inside
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import queue
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import IO
 
 from runner.engine.backend import Backend
 from runner.engine.factory import make_backend
@@ -53,6 +55,33 @@ class Engine:
 
     def run(self) -> None:
         """Run the loop on this thread until stop(); then drain the writer and checkpoint."""
+        lock = self._lock()
+        if lock is None:
+            self.db.close()
+            return
+        try:
+            self._run()
+        finally:
+            lock.close()
+
+    def _lock(self) -> IO[bytes] | None:
+        """One engine per data dir: a second one would write the same lines twice. The OS drops
+        the lock when its holder dies, even by SIGKILL."""
+        f = open(self.settings.data_path / "engine.lock", "ab")  # noqa: SIM115 - held while running
+        waited = False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                if not waited:
+                    logger.warning("another engine holds %s/engine.lock; waiting", self.settings.data_dir)
+                    waited = True
+                if self.stopping.wait(0.2):
+                    f.close()
+                    return None
+
+    def _run(self) -> None:
         logger.info("engine started models=%s", ",".join(self.registry.ids))
         self.writer.start()
         self.feeder.start()

@@ -190,6 +190,11 @@ class Writer(threading.Thread):
     def _log_throughput(self) -> None:
         now = time.monotonic()
         elapsed = now - self._last_log
+        idle = all(s.lines == 0 for s in self.state.stats.values()) and not any(
+            w.used for w in list(self.state.windows.values()))
+        if idle:
+            self._last_log = now  # an interval starts with the work, not with the idle time before it
+            return
         if elapsed < THROUGHPUT_LOG_INTERVAL:
             return
         self._last_log = now

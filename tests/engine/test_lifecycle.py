@@ -154,3 +154,20 @@ def test_generation_and_embedding_models_run_side_by_side(harness: Harness) -> N
     assert done["request_counts"]["completed"] == 30
     assert harness.batch(chat["id"])["status"] == "in_progress"  # the embed slot did not wait for it
     harness.wait_status(chat["id"], "completed")
+
+
+def test_one_engine_per_data_dir(harness: Harness, settings: Settings) -> None:
+    first = harness.start_engine()
+    second = Engine(settings, harness.registry).start()
+    try:
+        time.sleep(0.5)
+        assert first.feeder.is_alive() and not second.feeder.is_alive()
+        harness.stop_engine()
+        deadline = time.monotonic() + 5
+        while not second.feeder.is_alive():
+            assert time.monotonic() < deadline, "second engine never took over"
+            time.sleep(0.05)
+        b = harness.submit([chat_line(0)])
+        harness.wait_status(b["id"], "completed")
+    finally:
+        second.stop()
