@@ -77,6 +77,21 @@ def test_every_supported_endpoint_validates(client: TestClient, endpoint: str, m
     assert b["endpoint"] == endpoint and b["model"] == model
 
 
+@pytest.mark.parametrize(("endpoint", "model"), [(CHAT, "sim-chat"), (EMBED, "sim-embed")])
+def test_mithril_create_with_input_file_id_only(client: TestClient, endpoint: str, model: str) -> None:
+    """Mithril's POST /v1/batches takes only input_file_id: the endpoint comes from the lines."""
+    fid = _file(client, line("a", url=endpoint, model=model))
+    r = client.post("/v1/batches", json={"input_file_id": fid})
+    assert r.status_code == 200, r.text
+    b = wait_status(client, r.json()["id"])
+    assert (b["endpoint"], b["completion_window"], b["status"]) == (endpoint, "24h", "in_progress")
+
+
+def test_mithril_create_on_a_file_with_no_usable_url_is_400(client: TestClient) -> None:
+    fid = upload_ok(client, b'{"custom_id": "a", "url": "/v1/responses"}\n')["id"]
+    assert_error(client.post("/v1/batches", json={"input_file_id": fid}), 400, param="endpoint")
+
+
 def test_invalid_batch_fails_with_line_numbered_errors(client: TestClient) -> None:
     b = run_batch(client, jsonl(line("a"), b"{oops", line("a")))
     assert b["status"] == "failed"
@@ -104,13 +119,15 @@ def test_retrieve_and_unknown_ids(client: TestClient) -> None:
         ({"endpoint": CHAT, "completion_window": "24h"}, "input_file_id", "missing_required_parameter"),
         ({"input_file_id": 5, "endpoint": CHAT, "completion_window": "24h"}, "input_file_id",
          "missing_required_parameter"),
-        ({"input_file_id": "F", "completion_window": "24h"}, "endpoint", "missing_required_parameter"),
+        ({"input_file_id": "F", "endpoint": None, "completion_window": "24h"}, "endpoint",
+         "missing_required_parameter"),
         ({"input_file_id": "F", "endpoint": "/v1/responses", "completion_window": "24h"}, "endpoint",
          "invalid_endpoint"),
         ({"input_file_id": "F", "endpoint": "/v1/moderations", "completion_window": "24h"}, "endpoint",
          "invalid_endpoint"),
         ({"input_file_id": "F", "endpoint": "/v2/chat", "completion_window": "24h"}, "endpoint", "invalid_endpoint"),
-        ({"input_file_id": "F", "endpoint": CHAT}, "completion_window", "missing_required_parameter"),
+        ({"input_file_id": "F", "endpoint": CHAT, "completion_window": None}, "completion_window",
+         "invalid_completion_window"),
         ({"input_file_id": "F", "endpoint": CHAT, "completion_window": "48h"}, "completion_window",
          "invalid_completion_window"),
         ({"input_file_id": "F", "endpoint": CHAT, "completion_window": "24h", "model": "x"}, "model",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -15,6 +16,7 @@ from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
 from runner.errors import InvalidRequest, NotFound
 from runner.ids import looks_like_id, new_batch_id
+from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS
 from runner.wire import batch_object, page
 
@@ -53,6 +55,21 @@ def _metadata(value: Any) -> dict[str, str] | None:
     return dict(value)
 
 
+def _endpoint_from_file(svc: Services, owner_id: str, file_id: str) -> str | None:
+    """The url of the file's first request line, when a create names no endpoint (Mithril)."""
+    try:
+        row = svc.files.get(owner_id, file_id)
+    except NotFound:
+        return None  # the create itself answers the 404
+    for _, raw in iter_lines(svc.files.path_of(row["id"]), svc.settings.max_line_bytes):
+        try:
+            url = orjson.loads(raw or b"").get("url")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return url if isinstance(url, str) and url in SUPPORTED_ENDPOINTS else None
+    return None
+
+
 async def create_batch(request: Request) -> Response:
     svc = _services(request)
     body = await json_body(request)
@@ -64,16 +81,16 @@ async def create_batch(request: Request) -> Response:
     if not isinstance(input_file_id, str) or not input_file_id:
         raise InvalidRequest("'input_file_id' is required.", param="input_file_id", code="missing_required_parameter")
     endpoint = body.get("endpoint")
+    if "endpoint" not in body and looks_like_id(input_file_id):
+        # Mithril's create takes input_file_id alone: the endpoint then comes from the file's lines.
+        endpoint = await run_in_threadpool(_endpoint_from_file, svc, owner(request), input_file_id)
     if not isinstance(endpoint, str) or not endpoint:
         raise InvalidRequest("'endpoint' is required.", param="endpoint", code="missing_required_parameter")
     if endpoint not in SUPPORTED_ENDPOINTS:
         hint = " (not served by this runner)" if endpoint in OPENAI_ONLY_ENDPOINTS else ""
         raise InvalidRequest(f"Unsupported endpoint {endpoint[:100]!r}{hint}; one of "
                              f"{', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint", code="invalid_endpoint")
-    window = body.get("completion_window")
-    if window is None:
-        raise InvalidRequest("'completion_window' is required.", param="completion_window",
-                             code="missing_required_parameter")
+    window = body.get("completion_window", "24h")  # optional at Mithril; "24h" is the only value anyway
     if window != "24h":
         raise InvalidRequest("'completion_window' must be '24h'.", param="completion_window",
                              code="invalid_completion_window")

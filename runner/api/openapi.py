@@ -104,7 +104,8 @@ SCHEMAS: dict[str, Any] = {
         "metadata": _nullable({"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 64},
                                "additionalProperties": {"type": "string", "maxLength": 512}}),
         "output_expires_after": EXPIRES_AFTER,
-    }, required=["input_file_id", "endpoint", "completion_window"]),
+    # OpenAI clients send all three; Mithril's send input_file_id alone (endpoint then comes from the file).
+    }, required=["input_file_id"]),
     "UploadFileRequest": {
         "type": "object",
         "properties": {
