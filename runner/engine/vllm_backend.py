@@ -112,6 +112,18 @@ class _Api:
         self.FINAL_ONLY = RequestOutputKind.FINAL_ONLY
 
 
+def _model_location(spec: ModelSpec, settings: Any) -> str:
+    """A local folder when one can be had offline (local path, .gguf converted once, the HF cache,
+    or a model packaged on PyPI); else the path as written, for vLLM to download where it can."""
+    from runner.engine.model_files import resolve_model_path
+
+    try:
+        return str(resolve_model_path(spec, settings))
+    except ConfigError:
+        assert spec.path is not None
+        return spec.path
+
+
 class VllmBackend(Backend):
     """One model in vLLM's offline engine, driven step by step (continuous batching)."""
 
@@ -127,8 +139,9 @@ class VllmBackend(Backend):
         args.setdefault("runner", "pooling" if spec.task == "embed" else "generate")
         self._sleep_level = int(spec.engine_args.get("sleep_level", 1))
         self._sleep_mode = bool(args.get("enable_sleep_mode", False))
-        logger.info("vllm loading model=%s path=%s args=%s", spec.id, spec.path, args)
-        self._llm: Any = LLM(model=spec.path, **args)
+        model = _model_location(spec, settings)
+        logger.info("vllm loading model=%s path=%s args=%s", spec.id, model, args)
+        self._llm: Any = LLM(model=model, **args)
         self._engine: Any = self._llm.llm_engine
         self._model_config: Any = self._engine.model_config
         self._renderer: Any = self._engine.renderer
