@@ -41,6 +41,9 @@ def _expires_after_from_form(fields: dict[str, str]) -> int | None:
         except orjson.JSONDecodeError:
             raise InvalidRequest("'expires_after' must be a JSON object.", param="expires_after",
                                  code="invalid_value") from None
+        if not isinstance(value, dict):  # `null` is not "absent" (see #6: found by schemathesis)
+            raise InvalidRequest("'expires_after' must be a JSON object.", param="expires_after",
+                                 code="invalid_value")
         return expires_after(value, "expires_after")
     nested = {k[len("expires_after["):-1]: v for k, v in fields.items() if k.startswith("expires_after[")}
     if nested:

@@ -29,9 +29,9 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
 
 def choice_param(request: Request, name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    if raw not in choices:
+    if raw not in choices:  # "" too: an empty value is not one of the choices (see #6)
         raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {raw!r}.", param=name,
                              code="invalid_value")
     return raw
