@@ -158,6 +158,10 @@ def test_generation_and_embedding_models_run_side_by_side(harness: Harness) -> N
 
 def test_one_engine_per_data_dir(harness: Harness, settings: Settings) -> None:
     first = harness.start_engine()
+    deadline = time.monotonic() + 5
+    while not first.feeder.is_alive():  # let the first one take the lock
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     second = Engine(settings, harness.registry).start()
     try:
         time.sleep(0.5)
