@@ -160,6 +160,7 @@ def test_engine_sigkill_during_run(server: Server) -> None:
              for i in range(2000)]
     f = c.files.create(file=_jsonl(lines), purpose="batch")
     b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    _wait(c, b.id, ("in_progress",))
     kills, last_done = 0, -1
     deadline = time.monotonic() + 120
     while kills < 5:
