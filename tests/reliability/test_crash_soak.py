@@ -290,15 +290,22 @@ def test_server_sigkill_soak(soak: Soak) -> None:
     n_lines = 100 + 40 * SERVER_KILLS
     with soak.client() as c:
         jobs = [_submit(c, f"s{j}", n_lines) for j in range(3)]
-    kills = 0
+    kills, mid_run, with_progress, last_done = 0, 0, 0, -1
     for _ in range(SERVER_KILLS):
         time.sleep(rng.uniform(0.2, 2.5))
+        with soak.client() as c:
+            now = [c.get(f"/v1/batches/{b}").json() for b, _ in jobs]
+        done = sum(b["request_counts"]["completed"] + b["request_counts"]["failed"] for b in now)
         soak.kill_all()
         kills += 1
+        mid_run += any(b["status"] == "in_progress" for b in now)
+        with_progress += done > last_done
+        last_done = done
         soak.start()
+    assert mid_run == kills, "a batch finished before the last kill; give them more lines"
     batches = _wait_completed(soak, [b for b, _ in jobs], timeout=120)
     results = [_check(soak, b, ids) for b, (_, ids) in zip(batches, jobs, strict=True)]
-    _report("server SIGKILL", kills, results, t0)
+    _report("server SIGKILL", kills, results, t0, f" in_progress_at_kill={mid_run} after_progress={with_progress}")
 
 
 # -- 3. kill during upload and right after batch creation ------------------------------------------
