@@ -11,7 +11,7 @@ every line of both files is whole JSON (no torn line), and GET /v1/files/{id}/co
 bytes on disk. Each test prints one summary line (see it with `pytest -s`).
 
 Environment:
-- RUNNER_SOAK_KILLS=N      engine kills in test 1 (default 20); tests 2 gets max(5, N // 4).
+- RUNNER_SOAK_KILLS=N      engine kills in test 1 (default 20); test 2 gets max(5, N // 4).
                            The long soak: RUNNER_SOAK_KILLS=60 pytest -m slow -s tests/reliability/test_crash_soak.py
 - RUNNER_SOAK_SEED=S       seed of the kill-timing RNG (default 1234).
 - RUNNER_SOAK_REAL_BACKOFF=1  keep the supervisor's real restart backoff (0.5 s doubling to 10 s).
