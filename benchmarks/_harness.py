@@ -18,6 +18,14 @@ import orjson
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# A simulated model at full speed: every second measured with it is runner's own.
+SIM_MODELS_YAML = """models:
+  - id: sim
+    backend: simulated
+    task: generate
+    max_tokens: 16
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

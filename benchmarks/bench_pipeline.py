@@ -24,16 +24,9 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Server, children, peak_rss_mb, table, write_result  # noqa: E402
+from _harness import SIM_MODELS_YAML, Server, children, peak_rss_mb, table, write_result  # noqa: E402
 from make_batch import parser as batch_parser  # noqa: E402
 from make_batch import write_batch  # noqa: E402
-
-MODELS_YAML = """models:
-  - id: sim
-    backend: simulated
-    task: generate
-    max_tokens: 16
-"""
 
 
 async def _poll(client: httpx.AsyncClient, url: str, stop: asyncio.Event, lat: list[float], errs: list[int]) -> None:
@@ -113,7 +106,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="runner-bench-") as tmp:
         tmpd = Path(tmp)
         models = tmpd / "models.yaml"
-        models.write_text(MODELS_YAML)
+        models.write_text(SIM_MODELS_YAML)
         for n in [int(x) for x in args.sizes.split(",")]:
             path = tmpd / f"chat-{n}.jsonl"
             write_batch(batch_parser().parse_args(["--lines", str(n), "--model", "sim", "--output-len", "16",

@@ -26,14 +26,7 @@ import httpx
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Server, machine, peak_rss_mb, table, write_result  # noqa: E402
-
-MODELS_YAML = """models:
-  - id: sim
-    backend: simulated
-    task: generate
-    max_tokens: 16
-"""
+from _harness import SIM_MODELS_YAML, Server, machine, peak_rss_mb, table, write_result  # noqa: E402
 
 
 def _batch_bytes(lines: int, tag: str) -> bytes:
@@ -149,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="runner-load-") as tmp:
         models = Path(tmp) / "models.yaml"
-        models.write_text(MODELS_YAML)
+        models.write_text(SIM_MODELS_YAML)
         server_args = [] if args.engine else ["--no-engine"]
         env = {"RUNNER_LOG_LEVEL": "warning", "RUNNER_BACKEND": "simulated"}
         with Server(Path(tmp) / "data", models, env=env, args=server_args) as server:
