@@ -23,7 +23,7 @@ from typing import Any
 from runner.model_specs import ModelSpec
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: see SamplingOptions in bodies.py
 class LineRequest:
     """One input line handed to a backend."""
 
@@ -42,7 +42,7 @@ class Usage:
     reasoning_tokens: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LineResult:
     """A finished line: an HTTP-style response (200 body, or a 4xx/5xx {"error": …} body)."""
 

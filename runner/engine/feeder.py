@@ -34,6 +34,7 @@ import orjson
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.ledger import Ledger, Totals
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result
+from runner.engine.window import Window
 from runner.errors import LineError
 from runner.jsonl import iter_lines
 from runner.model_specs import ModelRegistry, ModelSpec
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SWITCH_QUANTUM = 600.0  # seconds a model keeps its slot while other models' batches wait
 DIRECT_PER_PASS = 512  # error rows written per pass for a batch no backend can run
+PASS_LINES = 4096  # most lines one model gets per feeding pass
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Feeder(threading.Thread):
         self.slots: dict[str, str] = {}  # task -> model asked of the loop
         self.draining: dict[str, str] = {}  # task -> model no longer fed, waiting for its window
         self.loaded_at: dict[str, float] = {}
+        self.full: Window | None = None  # a window the last pass found full
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -113,7 +116,10 @@ class Feeder(threading.Thread):
                     next_poll = time.monotonic() + self.settings.poll_interval
                 self.choose_models()
                 if not self.feed_pass():
-                    self.stop.wait(0.01)
+                    if self.full is not None:
+                        self.full.wait_room(0.01)  # woken as soon as the loop frees slots
+                    else:
+                        self.stop.wait(0.01)
         except BaseException as exc:
             logger.exception("feeder died")
             self.error = exc
@@ -222,8 +228,11 @@ class Feeder(threading.Thread):
 
     # -- lines ---------------------------------------------------------------------------------------
     def feed_pass(self) -> bool:
-        """Give lines round-robin until the windows are full or nothing is left; True if any moved."""
-        ring = []
+        """Give lines round-robin until the windows are full or nothing is left; True if any moved.
+
+        Each model's free window room is taken in one go and its lines leave in one Feed, so the
+        per-line cost is reading and parsing the line, not locks and queue hand-offs."""
+        rings: dict[str, list[BatchFeed]] = {}
         for feed in self.feeds.values():
             if feed.exhausted:
                 continue
@@ -234,25 +243,34 @@ class Feeder(threading.Thread):
             task = feed.spec.task
             if self.slots.get(task) == feed.model and task not in self.draining \
                     and feed.model in self.state.windows:
-                ring.append(feed)
+                rings.setdefault(feed.model, []).append(feed)
         moved = 0
-        while ring and moved < 4096:
-            for feed in list(ring):
-                window = self.state.windows.get(feed.model)
-                if window is None or not window.try_take():
-                    ring.remove(feed)
-                    continue
-                item = feed.next_request()
-                if isinstance(item, LineRequest):
-                    self.inbox.put(Feed(feed.model, item))
-                    moved += 1
-                    continue
-                window.give()
-                if item is None:
-                    ring.remove(feed)
-                else:
-                    self._direct(feed, item[0], item[1])
-                    moved += 1
+        self.full = None
+        for model, ring in rings.items():
+            window = self.state.windows.get(model)
+            if window is None:
+                continue
+            room = window.take_up_to(PASS_LINES)
+            if room == 0:
+                self.full = window
+                continue
+            reqs: list[LineRequest] = []
+            while ring and len(reqs) < room:
+                for feed in list(ring):
+                    item = feed.next_request()
+                    if isinstance(item, LineRequest):
+                        reqs.append(item)
+                        if len(reqs) == room:
+                            break
+                    elif item is None:
+                        ring.remove(feed)
+                    else:
+                        self._direct(feed, item[0], item[1])
+                        moved += 1
+            window.give(room - len(reqs))
+            if reqs:
+                self.inbox.put(Feed(model, reqs))
+                moved += len(reqs)
         if self.feeds:  # rotate, so the next pass starts with another batch
             first = next(iter(self.feeds))
             self.feeds[first] = self.feeds.pop(first)

@@ -21,6 +21,8 @@ from runner.store.batches import Progress
 
 logger = logging.getLogger(__name__)
 
+_BUFFER = 1024 * 1024
+
 
 @dataclass
 class Totals:
@@ -86,7 +88,10 @@ class Ledger:
         totals.failed = _scan(error_path, err_size, self.done)
         self.totals = totals
         self.sizes = [out_size, err_size]
-        self._files: list[IO[bytes]] = [open(output_path, "ab"), open(error_path, "ab")]
+        # 1 MiB buffers: the writer flushes after each run of messages anyway, and each write()
+        # syscall with the default 8 KiB buffer gave the GIL away mid-row (see messages.py).
+        self._files: list[IO[bytes]] = [open(output_path, "ab", buffering=_BUFFER),
+                                        open(error_path, "ab", buffering=_BUFFER)]
         self.dirty = True
         self.unflushed = False
 

@@ -3,7 +3,7 @@
 The loop runs on the engine's main thread and touches only its two queues, the shared windows and
 the backends. Each turn: 1) drain the inbox (Feed -> backend.add, Abort -> backend.abort + Close to
 the writer, Load -> close the old model of that task, make the new one); 2) step every backend that
-has unfinished lines and hand each finished line to the writer. It blocks on the inbox only when no
+has unfinished lines and hand its finished lines to the writer in one Results. It blocks on the inbox only when no
 backend has work, so step() is never called with nothing in flight.
 """
 
@@ -14,8 +14,8 @@ import queue
 import threading
 from collections.abc import Callable
 
-from runner.engine.backend import Backend, LineResult
-from runner.engine.messages import Abort, Close, EngineState, Feed, Load, Result
+from runner.engine.backend import Backend, LineRequest, LineResult
+from runner.engine.messages import Abort, Close, EngineState, Feed, Load, Result, Results
 from runner.engine.window import Window
 from runner.errors import LineError, openai_error_body
 from runner.model_specs import ModelSpec
@@ -40,12 +40,15 @@ class EngineLoop:
         self.slots: dict[str, str] = {}  # task -> model id
         self.inflight: dict[str, tuple[str, str, str]] = {}
         self.by_batch: dict[str, set[str]] = {}
+        self.pending: list[Result] = []  # finished lines not yet handed to the writer
+        self.freed: dict[str, int] = {}  # model -> window slots to give back with them
 
     def run(self, stop: threading.Event) -> None:
         try:
             while not stop.is_set():
                 self.run_once()
         finally:
+            self._flush()
             for model in list(self.backends):
                 self._unload(model)
 
@@ -58,6 +61,7 @@ class EngineLoop:
             if backend.has_unfinished():
                 for result in backend.step():
                     self._emit(result, model)
+        self._flush()
 
     # -- inbox ---------------------------------------------------------------------------------------
     def _drain(self, *, block: bool) -> None:
@@ -67,7 +71,8 @@ class EngineLoop:
             return
         for _ in range(MAX_DRAIN):
             if isinstance(msg, Feed):
-                self._add(msg)
+                for req in msg.reqs:
+                    self._add(req, msg.model)
             elif isinstance(msg, Abort):
                 self._abort(msg)
             elif isinstance(msg, Load):
@@ -77,24 +82,24 @@ class EngineLoop:
             except queue.Empty:
                 return
 
-    def _add(self, msg: Feed) -> None:
-        req = msg.req
-        self.inflight[req.key] = (req.batch_id, req.custom_id, msg.model)
+    def _add(self, req: LineRequest, model: str) -> None:
+        self.inflight[req.key] = (req.batch_id, req.custom_id, model)
         self.by_batch.setdefault(req.batch_id, set()).add(req.key)
-        backend = self.backends.get(msg.model)
+        backend = self.backends.get(model)
         try:
             if backend is None:
-                raise LineError(f"The model {msg.model!r} is not loaded.", status=503, code="model_not_loaded")
+                raise LineError(f"The model {model!r} is not loaded.", status=503, code="model_not_loaded")
             backend.add(req)
         except LineError as exc:
-            self._emit(LineResult(req.key, exc.status, exc.body()), msg.model)
+            self._emit(LineResult(req.key, exc.status, exc.body()), model)
         except Exception:
             logger.exception("backend.add failed key=%s", req.key)
             body = openai_error_body("The engine failed to run this request.", "server_error", None,
                                      "internal_error")
-            self._emit(LineResult(req.key, 500, body), msg.model)
+            self._emit(LineResult(req.key, 500, body), model)
 
     def _abort(self, msg: Abort) -> None:
+        self._flush()  # every Result of the batch reaches the writer before its Close
         keys = self.by_batch.pop(msg.batch_id, set())
         per_model: dict[str, list[str]] = {}
         for key in keys:
@@ -149,8 +154,17 @@ class EngineLoop:
             keys.discard(result.key)
             if not keys:
                 del self.by_batch[batch_id]
-        self._give(model, 1)
-        self.outbox.put(Result(batch_id, custom_id, model, result))
+        self.freed[model] = self.freed.get(model, 0) + 1
+        self.pending.append(Result(batch_id, custom_id, model, result))
+
+    def _flush(self) -> None:
+        """Hand the finished lines to the writer, then free their window slots."""
+        if self.pending:
+            self.outbox.put(Results(self.pending))
+            self.pending = []
+        for model, n in self.freed.items():
+            self._give(model, n)
+        self.freed.clear()
 
     def _give(self, model: str, n: int) -> None:
         window = self.state.windows.get(model)

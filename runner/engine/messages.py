@@ -1,7 +1,11 @@
 """Messages between the engine's threads, and the state they share.
 
-feeder --(Feed, Abort, Load)--> loop --(Result, Close)--> writer
-feeder --(Result for lines no backend can run, Close, Check)--> writer
+feeder --(Feed, Abort, Load)--> loop --(Results, Close)--> writer
+feeder --(Results for lines no backend can run, Close, Check)--> writer
+
+Lines travel in lists (a Feed per model per feeding pass, a Results per step): a queue hand-off
+costs a lock and may cost a GIL switch, so paying it per line capped the whole engine at a few
+thousand lines/s with an infinitely fast model.
 
 Ordering carries the exactly-once guarantee: the feeder stops feeding a batch before it sends its
 Abort; the loop drops that batch's in-flight lines before it forwards the Close; so every Result
@@ -22,10 +26,10 @@ from runner.model_specs import ModelSpec
 
 @dataclass(frozen=True, slots=True)
 class Feed:
-    """A line for the loaded model `model`."""
+    """Lines for the loaded model `model`, in reading order."""
 
     model: str
-    req: LineRequest
+    reqs: list[LineRequest]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,13 @@ class Result:
     custom_id: str
     model: str
     result: LineResult
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """Finished lines, in the order they finished."""
+
+    items: list[Result]
 
 
 @dataclass(frozen=True, slots=True)

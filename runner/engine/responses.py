@@ -18,11 +18,8 @@ from dataclasses import dataclass
 
 from runner.engine.backend import Usage
 
-_HEX = "0123456789abcdef"
-
-
 def _rid(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(_HEX) for _ in range(32))
+    return prefix + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ class Window:
             self._used += 1
             return True
 
+    def take_up_to(self, n: int) -> int:
+        """Take as many slots as are free, at most n; return how many were taken."""
+        with self._cond:
+            got = max(0, min(n, self.capacity - self._used))
+            self._used += got
+            return got
+
     def give(self, n: int = 1) -> None:
         if n <= 0:
             return

@@ -22,7 +22,7 @@ import time
 import orjson
 
 from runner.engine.ledger import Ledger
-from runner.engine.messages import STOP, Check, Close, EngineState, Result
+from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
 from runner.errors import Conflict
 from runner.ids import new_line_id, new_request_id
 from runner.jsonl import iter_lines
@@ -92,7 +92,10 @@ class Writer(threading.Thread):
         logger.info("[shutdown] writer stopped after a final checkpoint")
 
     def handle(self, msg: object) -> None:
-        if isinstance(msg, Result):
+        if isinstance(msg, Results):
+            for item in msg.items:
+                self._result(item)
+        elif isinstance(msg, Result):
             self._result(msg)
         elif isinstance(msg, Close):
             self._close(msg)
