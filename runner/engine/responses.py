@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from runner.engine.backend import Usage
 
+
 def _rid(prefix: str) -> str:
     return prefix + secrets.token_hex(16)
 
