@@ -61,6 +61,7 @@ async def run_one(server: Server, path: Path, lines: int, pollers: int) -> dict[
         errs: list[int] = []
         tasks = [asyncio.create_task(_poll(client, f"/v1/batches/{batch_id}", stop, lat, errs))
                  for _ in range(pollers)]
+        created_at = time.perf_counter()
         in_progress_at = first_row_at = None
         while True:
             b = (await client.get(f"/v1/batches/{batch_id}")).json()
@@ -71,7 +72,7 @@ async def run_one(server: Server, path: Path, lines: int, pollers: int) -> dict[
                 first_row_at = now
             if b["status"] in ("completed", "failed", "expired", "cancelled"):
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.005)
         total_s = time.perf_counter() - t0
         stop.set()
         await asyncio.gather(*tasks)
@@ -85,6 +86,10 @@ async def run_one(server: Server, path: Path, lines: int, pollers: int) -> dict[
         "upload_mb_s": size / 1e6 / upload_s,
         "lines_per_s": lines / total_s,
         "end_to_end_s": total_s,
+        # where the time went: upload, create -> in_progress (validation), in_progress -> completed
+        "upload_s": upload_s,
+        "validating_s": None if in_progress_at is None else in_progress_at - created_at,
+        "running_s": None if in_progress_at is None else t0 + total_s - in_progress_at,
         "first_row_s": None if first_row_at is None or in_progress_at is None else first_row_at - in_progress_at,
         "poll_requests": len(lat),
         "poll_errors": len(errs),
@@ -121,7 +126,7 @@ def main() -> int:
     if len(rows) >= 2 and rows[0]["engine_peak_rss_mb"] and rows[-1]["engine_peak_rss_mb"]:
         for key in ("api_peak_rss_mb", "engine_peak_rss_mb"):
             print(f"{key} ratio {rows[-1]['lines']}/{rows[0]['lines']}: {rows[-1][key] / rows[0][key]:.2f}")
-    print(table(rows, ["lines", "status", "lines_per_s", "upload_mb_s", "first_row_s", "poll_p50_ms", "poll_p99_ms",
+    print(table(rows, ["lines", "status", "lines_per_s", "upload_s", "validating_s", "running_s", "first_row_s", "poll_p50_ms", "poll_p99_ms",
                        "poll_errors", "api_peak_rss_mb", "engine_peak_rss_mb"]))
     path = write_result(args.out_name, {"pollers": args.pollers, "runs": rows})
     print(f"wrote {path}")

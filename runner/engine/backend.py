@@ -32,6 +32,7 @@ class LineRequest:
     custom_id: str
     endpoint: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
     body: dict[str, Any]
+    line: int = 0  # 1-based line number in the input file
 
 
 @dataclass(frozen=True)

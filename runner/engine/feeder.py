@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from runner.engine.backend import LineRequest, LineResult
-from runner.engine.ledger import Ledger, Totals
+from runner.engine.ledger import Ledger, LineSet, Totals
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result
 from runner.engine.window import Window
 from runner.errors import LineError
@@ -45,7 +45,17 @@ logger = logging.getLogger(__name__)
 
 SWITCH_QUANTUM = 600.0  # seconds a model keeps its slot while other models' batches wait
 DIRECT_PER_PASS = 512  # error rows written per pass for a batch no backend can run
+CHANGE_CHECK = 0.01  # seconds between checks for a commit by another process
 PASS_LINES = 4096  # most lines one model gets per feeding pass
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An input line that cannot run (its body is not an object, or no backend can take it)."""
+
+    line: int
+    custom_id: str
+    error: LineError
 
 
 @dataclass
@@ -58,13 +68,15 @@ class BatchFeed:
     spec: ModelSpec | None
     endpoint: str
     lines: Iterator[tuple[int, bytes | None]]
-    done: frozenset[str]
+    done: LineSet  # lines written before this feed opened (a restart); the writer owns the live set
     exhausted: bool = False
     read: int = field(default=0)
 
-    def next_request(self) -> LineRequest | tuple[str, LineError] | None:
-        """The next unwritten line; (custom_id, error) for a line that cannot be parsed; None at the end."""
+    def next_request(self) -> LineRequest | BadLine | None:
+        """The next unwritten line; a BadLine for one that cannot run; None at the end."""
         for lineno, raw in self.lines:
+            if lineno in self.done:
+                continue
             if raw is None:
                 logger.error("oversized line skipped batch=%s line=%d", self.batch_id, lineno)
                 continue
@@ -74,14 +86,12 @@ class BatchFeed:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.error("unreadable input line skipped batch=%s line=%d", self.batch_id, lineno)
                 continue
-            if cid in self.done:
-                continue
             self.read += 1
             body = obj.get("body")
             if not isinstance(body, dict):
-                return cid, LineError("'body' must be a JSON object.", param="body")
+                return BadLine(lineno, cid, LineError("'body' must be a JSON object.", param="body"))
             return LineRequest(key=f"{self.batch_id}:{lineno}", batch_id=self.batch_id, custom_id=cid,
-                               endpoint=obj.get("url") or self.endpoint, body=body)
+                               endpoint=obj.get("url") or self.endpoint, body=body, line=lineno)
         self.exhausted = True
         return None
 
@@ -109,9 +119,17 @@ class Feeder(threading.Thread):
 
     def run(self) -> None:
         try:
-            next_poll = 0.0
+            next_poll = next_check = 0.0
+            version = -1
             while not self.stop.is_set():
-                if time.monotonic() >= next_poll:
+                # A commit by the API (a batch started or cancelled) is seen within ~10 ms, not one
+                # poll interval later; the timed poll still catches expiries.
+                now = time.monotonic()
+                changed = False
+                if now >= next_check:
+                    changed, version = self.store.changed_since(version)
+                    next_check = now + CHANGE_CHECK
+                if changed or now >= next_poll:
                     self.poll()
                     next_poll = time.monotonic() + self.settings.poll_interval
                 self.choose_models()
@@ -171,7 +189,7 @@ class Feeder(threading.Thread):
                         input_path=files.path_of(row["input_file_id"]),
                         output_path=files.path_of(row["output_file_id"]),
                         error_path=files.path_of(row["error_file_id"]), durable=(out_size, err_size),
-                        totals=totals)
+                        totals=totals, max_line_bytes=self.settings.max_line_bytes)
         self.state.register(ledger)
         if ledger.done:
             logger.info("batch resumed batch=%s written=%d total=%d", row["id"], len(ledger.done), ledger.total)
@@ -183,7 +201,7 @@ class Feeder(threading.Thread):
         feed = BatchFeed(batch_id=row["id"], seq=int(row["seq"]), model=model, spec=self.registry.get(model),
                          endpoint=row["endpoint"],
                          lines=iter_lines(ledger.input_path, self.settings.max_line_bytes),
-                         done=frozenset(ledger.done))
+                         done=ledger.done.copy())
         self.feeds[row["id"]] = feed
         self.outbox.put(Check(row["id"]))  # a batch whose lines were all written before a crash ends now
 
@@ -265,7 +283,7 @@ class Feeder(threading.Thread):
                     elif item is None:
                         ring.remove(feed)
                     else:
-                        self._direct(feed, item[0], item[1])
+                        self._direct(feed, item)
                         moved += 1
             window.give(room - len(reqs))
             if reqs:
@@ -287,9 +305,10 @@ class Feeder(threading.Thread):
             item = feed.next_request()
             if item is None:
                 return
-            cid = item.custom_id if isinstance(item, LineRequest) else item[0]
-            self._direct(feed, cid, error if isinstance(item, LineRequest) else item[1])
+            if isinstance(item, LineRequest):
+                item = BadLine(item.line, item.custom_id, error)
+            self._direct(feed, item)
 
-    def _direct(self, feed: BatchFeed, custom_id: str, error: LineError) -> None:
-        result = LineResult(f"{feed.batch_id}:direct", error.status, error.body())
-        self.outbox.put(Result(feed.batch_id, custom_id, feed.model, result))
+    def _direct(self, feed: BatchFeed, bad: BadLine) -> None:
+        result = LineResult(f"{feed.batch_id}:{bad.line}", bad.error.status, bad.error.body())
+        self.outbox.put(Result(feed.batch_id, bad.line, bad.custom_id, feed.model, result))

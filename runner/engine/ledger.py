@@ -2,7 +2,8 @@
 
 Owned by the writer thread once opened. Opening it is the restart protocol: both files are cut back
 to the sizes of the last checkpoint (BatchStore.durable_sizes), so a torn or unrecorded tail is
-dropped, and the set of custom_ids already written is rebuilt from what is left. `sync()` fsyncs
+dropped, and the set of lines already written is rebuilt from what is left (their custom_ids,
+mapped back to input line numbers). `sync()` fsyncs
 both files and returns the Progress to record, so the database never points past durable bytes.
 """
 
@@ -17,6 +18,7 @@ from typing import IO
 import orjson
 
 from runner.engine.backend import Usage
+from runner.jsonl import iter_lines
 from runner.store.batches import Progress
 
 logger = logging.getLogger(__name__)
@@ -34,9 +36,43 @@ class Totals:
     reasoning_tokens: int = 0
 
 
-def _scan(path: Path, size: int, done: set[str]) -> int:
-    """Add the custom_ids of the first `size` bytes of a JSONL file to `done`; return the row count.
-    Streams line by line, so a restart of a big batch does not hold its output in memory."""
+class LineSet:
+    """Written line numbers as a bitmap: total/8 bytes per batch, where a set of custom_ids cost
+    ~100 bytes a line (100 MB of engine memory for a 1M-line batch)."""
+
+    __slots__ = ("_bits", "count")
+
+    def __init__(self, bits: bytes = b"") -> None:
+        self._bits = bytearray(bits)
+        self.count = sum(map(int.bit_count, self._bits))
+
+    def add(self, line: int) -> bool:
+        """Mark `line`; False if it was already marked."""
+        byte, bit = line >> 3, 1 << (line & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+        elif self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        self.count += 1
+        return True
+
+    def __contains__(self, line: object) -> bool:
+        if not isinstance(line, int):
+            return False
+        byte = line >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (line & 7)))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def copy(self) -> LineSet:
+        return LineSet(bytes(self._bits))
+
+
+def _scan(path: Path, size: int, written: set[str]) -> int:
+    """Add the custom_ids of the first `size` bytes of a JSONL file to `written`; return the row
+    count. Streams line by line, so a restart of a big batch does not hold its output in memory."""
     rows = 0
     left = size
     with open(path, "rb", buffering=1024 * 1024) as f:
@@ -52,10 +88,27 @@ def _scan(path: Path, size: int, done: set[str]) -> int:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.warning("unreadable row dropped from done-set path=%s", path)
                 continue
-            if cid not in done:
-                done.add(cid)
+            if cid not in written:
+                written.add(cid)
                 rows += 1
     return rows
+
+
+def _lines_of(input_path: Path, written: set[str], max_line_bytes: int) -> LineSet:
+    """The input line numbers of the written custom_ids (validation made custom_ids unique)."""
+    done = LineSet()
+    if not written:
+        return done
+    for lineno, raw in iter_lines(input_path, max_line_bytes):
+        if raw is None:
+            continue
+        try:
+            cid = orjson.loads(raw)["custom_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if cid in written:
+            done.add(lineno)
+    return done
 
 
 def _cut(path: Path, size: int) -> int:
@@ -74,18 +127,22 @@ class Ledger:
     """Append-only writer of one batch's rows, with the exactly-once check."""
 
     def __init__(self, *, batch_id: str, model: str, total: int, input_path: Path, output_path: Path,
-                 error_path: Path, durable: tuple[int, int], totals: Totals) -> None:
+                 error_path: Path, durable: tuple[int, int], totals: Totals,
+                 max_line_bytes: int = 16 * 1024 * 1024) -> None:
         self.batch_id = batch_id
         self.model = model
         self.total = total
         self.input_path = input_path
         self.paths = (output_path, error_path)
-        self.done: set[str] = set()
         out_size = _cut(output_path, durable[0])
         err_size = _cut(error_path, durable[1])
         # Counts come from the rows kept; token usage from the checkpoint that recorded those rows.
-        totals.completed = _scan(output_path, out_size, self.done)
-        totals.failed = _scan(error_path, err_size, self.done)
+        # The custom_id set lives only while the restart maps it to line numbers.
+        written: set[str] = set()
+        totals.completed = _scan(output_path, out_size, written)
+        totals.failed = _scan(error_path, err_size, written)
+        self.done = _lines_of(input_path, written, max_line_bytes)
+        del written
         self.totals = totals
         self.sizes = [out_size, err_size]
         # 1 MiB buffers: the writer flushes after each run of messages anyway, and each write()
@@ -99,15 +156,15 @@ class Ledger:
     def finished(self) -> bool:
         return self.totals.completed + self.totals.failed >= self.total
 
-    def append(self, custom_id: str, row: bytes, *, ok: bool, usage: Usage | None = None) -> bool:
-        """Write one row (row ends with a newline); False, writing nothing, if custom_id is done."""
-        if custom_id in self.done:
-            logger.warning("duplicate result dropped batch=%s custom_id=%s", self.batch_id, custom_id)
+    def append(self, line: int, row: bytes, *, ok: bool, usage: Usage | None = None) -> bool:
+        """Write input line `line`'s row (ending with a newline); False, writing nothing, if that
+        line is already written."""
+        if not self.done.add(line):
+            logger.warning("duplicate result dropped batch=%s line=%d", self.batch_id, line)
             return False
         which = 0 if ok else 1
         self._files[which].write(row)
         self.sizes[which] += len(row)
-        self.done.add(custom_id)
         t = self.totals
         if ok:
             t.completed += 1

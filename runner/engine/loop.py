@@ -38,7 +38,7 @@ class EngineLoop:
         self.make_backend = make_backend
         self.backends: dict[str, Backend] = {}  # model id -> backend
         self.slots: dict[str, str] = {}  # task -> model id
-        self.inflight: dict[str, tuple[str, str, str]] = {}
+        self.inflight: dict[str, tuple[str, int, str, str]] = {}  # key -> batch, line, custom_id, model
         self.by_batch: dict[str, set[str]] = {}
         self.pending: list[Result] = []  # finished lines not yet handed to the writer
         self.freed: dict[str, int] = {}  # model -> window slots to give back with them
@@ -83,7 +83,7 @@ class EngineLoop:
                 return
 
     def _add(self, req: LineRequest, model: str) -> None:
-        self.inflight[req.key] = (req.batch_id, req.custom_id, model)
+        self.inflight[req.key] = (req.batch_id, req.line, req.custom_id, model)
         self.by_batch.setdefault(req.batch_id, set()).add(req.key)
         backend = self.backends.get(model)
         try:
@@ -105,7 +105,7 @@ class EngineLoop:
         for key in keys:
             meta = self.inflight.pop(key, None)
             if meta is not None:
-                per_model.setdefault(meta[2], []).append(key)
+                per_model.setdefault(meta[3], []).append(key)
         for model, model_keys in per_model.items():
             backend = self.backends.get(model)
             if backend is not None:
@@ -148,14 +148,14 @@ class EngineLoop:
         meta = self.inflight.pop(result.key, None)
         if meta is None:
             return  # aborted meanwhile: its batch's Close writes the row
-        batch_id, custom_id, _ = meta
+        batch_id, line, custom_id, _ = meta
         keys = self.by_batch.get(batch_id)
         if keys is not None:
             keys.discard(result.key)
             if not keys:
                 del self.by_batch[batch_id]
         self.freed[model] = self.freed.get(model, 0) + 1
-        self.pending.append(Result(batch_id, custom_id, model, result))
+        self.pending.append(Result(batch_id, line, custom_id, model, result))
 
     def _flush(self) -> None:
         """Hand the finished lines to the writer, then free their window slots."""

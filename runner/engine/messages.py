@@ -50,6 +50,7 @@ class Load:
 @dataclass(frozen=True, slots=True)
 class Result:
     batch_id: str
+    line: int  # 1-based line number in the batch's input file
     custom_id: str
     model: str
     result: LineResult

@@ -2,7 +2,7 @@
 
 Runs in its own thread and owns the output files and every database write of the engine. Each
 Result is appended at once (200 -> output file, anything else -> error file with the HTTP-style
-response, per the contract's section 2.5), unless its custom_id is already written. Every
+response, per the contract's section 2.5), unless its input line is already written. Every
 settings.checkpoint_interval seconds it fsyncs the files THEN records the Progress
 (BatchStore.checkpoint), so the database never points past durable bytes.
 
@@ -109,7 +109,7 @@ class Writer(threading.Thread):
             return  # the batch ended (cancel/expiry raced this line): its row is already written
         r = msg.result
         row = output_line(new_line_id(), msg.custom_id, r.status_code, new_request_id(), r.body)
-        if ledger.append(msg.custom_id, orjson.dumps(row) + b"\n", ok=r.ok, usage=r.usage):
+        if ledger.append(msg.line, orjson.dumps(row) + b"\n", ok=r.ok, usage=r.usage):
             stats = self.state.stats[msg.model]
             stats.lines += 1
             stats.output_tokens += r.usage.completion_tokens
@@ -125,16 +125,15 @@ class Writer(threading.Thread):
             return
         code, message = _REASONS[msg.reason]
         written = 0
-        for _, raw in iter_lines(ledger.input_path, self.settings.max_line_bytes):
-            if raw is None:
+        for lineno, raw in iter_lines(ledger.input_path, self.settings.max_line_bytes):
+            if raw is None or lineno in ledger.done:
                 continue
             try:
                 cid = orjson.loads(raw)["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue
-            if cid not in ledger.done:
-                row = error_line(new_line_id(), cid, code, message)
-                written += ledger.append(cid, orjson.dumps(row) + b"\n", ok=False)
+            row = error_line(new_line_id(), cid, code, message)
+            written += ledger.append(lineno, orjson.dumps(row) + b"\n", ok=False)
         logger.info("batch %s batch=%s unrun_lines=%d", msg.reason, msg.batch_id, written)
         self._end(ledger, msg.reason)
 

@@ -186,6 +186,11 @@ class BatchStore:
         return self.db.query("SELECT * FROM batches WHERE status = 'validating' ORDER BY seq")
 
     # -- engine side -------------------------------------------------------------------------------
+    def changed_since(self, version: int) -> tuple[bool, int]:
+        """(whether another connection committed since `version`, the version now)."""
+        now = self.db.data_version()
+        return now != version, now
+
     def active(self) -> list[sqlite3.Row]:
         """Batches the engine must work on: running ones and ones waiting to be cancelled, oldest first."""
         return self.db.query(

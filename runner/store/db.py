@@ -63,6 +63,10 @@ class Database:
         row: sqlite3.Row | None = self.connection().execute(sql, params).fetchone()
         return row
 
+    def data_version(self) -> int:
+        """A number that changes when another connection commits: a cheap 'did anything happen?'"""
+        return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
