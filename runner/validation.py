@@ -6,6 +6,7 @@ Each problem has a stable `code`, the 1-based `line` and the `param` at fault.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import orjson
 
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
+
+YIELD_EVERY = 255  # lines between two voluntary GIL hand-offs (a mask: every 256th line)
 
 
 @dataclass
@@ -56,6 +59,11 @@ def validate_batch_file(
         lines = iter_lines(path, max_line_bytes)
         for lineno, raw in lines:
             res.total += 1
+            if not res.total & YIELD_EVERY:
+                # Hand the GIL to the API's event loop. Left to the interpreter's 5 ms switch
+                # interval, each poll answered meanwhile waited for it at every syscall (the convoy
+                # effect): GET p50 rose to ~70 ms while a 50k-line file validated.
+                time.sleep(0)
             if res.total > max_lines:
                 c.add(
                     "too_many_requests",
@@ -69,15 +77,15 @@ def validate_batch_file(
                       line=lineno, param=None)
                 continue
             try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                c.add("invalid_utf8", f"Line {lineno} is not valid UTF-8 ({exc.reason} at byte {exc.start}).",
-                      line=lineno, param=None)
-                continue
-            try:
-                obj = orjson.loads(raw)
+                obj = orjson.loads(raw)  # rejects invalid UTF-8 too; told apart below, off the fast path
             except orjson.JSONDecodeError as exc:
-                c.add("invalid_json", f"Line {lineno} is not valid JSON: {exc}.", line=lineno, param=None)
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as uexc:
+                    c.add("invalid_utf8", f"Line {lineno} is not valid UTF-8 ({uexc.reason} at byte {uexc.start}).",
+                          line=lineno, param=None)
+                else:
+                    c.add("invalid_json", f"Line {lineno} is not valid JSON: {exc}.", line=lineno, param=None)
                 continue
             if not isinstance(obj, dict):
                 c.add("invalid_request", f"Line {lineno} must be a JSON object.", line=lineno, param=None)
