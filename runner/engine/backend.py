@@ -35,7 +35,7 @@ class LineRequest:
     line: int = 0  # 1-based line number in the input file
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -211,6 +211,8 @@ def _token_ids(v: Any) -> bool:
 def _check_fields(body: Any, allowed: set[str]) -> None:
     if not isinstance(body, dict):
         raise _bad("The request body must be a JSON object.", None, "invalid_type")
+    if body.keys() <= allowed:
+        return
     unknown = sorted(body.keys() - allowed)
     if unknown:
         raise _bad(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unrecognized_argument")

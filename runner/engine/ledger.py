@@ -151,6 +151,7 @@ class Ledger:
                                         open(error_path, "ab", buffering=_BUFFER)]
         self.dirty = True
         self.unflushed = False
+        self.closed = False
 
     @property
     def finished(self) -> bool:
@@ -198,5 +199,6 @@ class Ledger:
                         error_bytes=self.sizes[1])
 
     def close(self) -> None:
+        self.closed = True
         for f in self._files:
             f.close()

@@ -75,7 +75,7 @@ def _generate(prompt: str, seed: Any, index: int, cap: int, stop: tuple[str, ...
     start = (h >> 8) % (len(_STREAM) - 64)
     text = " ".join(_STREAM[start:start + n])
     finish, stop_reason = ("length" if natural > cap else "stop"), None
-    cut = min(((text.find(s), s) for s in stop if s and s in text), default=None)
+    cut = min(((text.find(s), s) for s in stop if s and s in text), default=None) if stop else None
     if cut is not None:
         text, stop_reason, finish = text[: cut[0]], cut[1], "stop"
         n = len(text.split())

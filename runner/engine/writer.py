@@ -93,19 +93,21 @@ class Writer(threading.Thread):
 
     def handle(self, msg: object) -> None:
         if isinstance(msg, Results):
+            ledgers: dict[str, Ledger | None] = {}  # one lookup per batch per message, not per row
             for item in msg.items:
-                self._result(item)
+                if item.batch_id not in ledgers:
+                    ledgers[item.batch_id] = self.state.ledger(item.batch_id)
+                self._result(item, ledgers[item.batch_id])
         elif isinstance(msg, Result):
-            self._result(msg)
+            self._result(msg, self.state.ledger(msg.batch_id))
         elif isinstance(msg, Close):
             self._close(msg)
         elif isinstance(msg, Check):
             self._check(msg.batch_id)
 
     # -- rows ----------------------------------------------------------------------------------------
-    def _result(self, msg: Result) -> None:
-        ledger = self.state.ledger(msg.batch_id)
-        if ledger is None:
+    def _result(self, msg: Result, ledger: Ledger | None) -> None:
+        if ledger is None or ledger.closed:
             return  # the batch ended (cancel/expiry raced this line): its row is already written
         r = msg.result
         row = output_line(new_line_id(), msg.custom_id, r.status_code, new_request_id(), r.body)
