@@ -81,7 +81,9 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between fsync + database checkpoints of output files.",
         float,
     ),
-    Setting("poll_interval", "RUNNER_POLL_INTERVAL", 0.2, "Seconds between engine polls for new work.", float),
+    Setting("poll_interval", "RUNNER_POLL_INTERVAL", 0.2,
+            "Seconds between the engine's full status polls (expiries); new batches and cancels are seen "
+            "within ~10 ms.", float),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
