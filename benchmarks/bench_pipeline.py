@@ -123,7 +123,7 @@ def main() -> int:
     ap.add_argument("--pollers", type=int, default=200)
     ap.add_argument("--poll-interval", type=float, default=1.0,
                     help="seconds each poller waits between its GETs (default 1.0)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per size; the median run is reported")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per size; the median run is reported")
     ap.add_argument("--out-name", default="pipeline-cpu")
     args = ap.parse_args()
     rows = []
@@ -131,25 +131,30 @@ def main() -> int:
         tmpd = Path(tmp)
         models = tmpd / "models.yaml"
         models.write_text(SIM_MODELS_YAML)
-        for n in [int(x) for x in args.sizes.split(",")]:
-            path = tmpd / f"chat-{n}.jsonl"
+        sizes = [int(x) for x in args.sizes.split(",")]
+        inputs = {}
+        for n in sizes:
+            inputs[n] = tmpd / f"chat-{n}.jsonl"
             write_batch(batch_parser().parse_args(["--lines", str(n), "--model", "sim", "--output-len", "16",
-                                                   "-o", str(path)]))
-            runs = []
-            for rep in range(args.repeat):
+                                                   "-o", str(inputs[n])]))
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+        # Sizes take turns, so a slow spell of a shared box does not land on one size only.
+        for rep in range(args.repeat):
+            for n in sizes:
                 # A fresh server per run, so peak RSS belongs to that size alone.
                 with Server(tmpd / f"data-{n}-{rep}", models) as server:
                     server.wait_ready()
                     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                        run = runner.run(run_one(server, path, n, args.pollers, args.poll_interval))
+                        run = runner.run(run_one(server, inputs[n], n, args.pollers, args.poll_interval))
                     run["engine_children"] = len(children(server.proc.pid))
-                runs.append(run)
+                runs[n].append(run)
                 print(f"  {n} lines, run {rep + 1}: {run['lines_per_s']:.0f} lines/s", file=sys.stderr)
+        for n in sizes:
             # A shared box is noisy: report the median run, and every run's rate beside it.
-            runs.sort(key=lambda r: r["lines_per_s"])
-            row = dict(runs[len(runs) // 2])
-            row["lines_per_s_runs"] = [r["lines_per_s"] for r in runs]
-            row["repeats"] = len(runs)
+            by_rate = sorted(runs[n], key=lambda r: r["lines_per_s"])
+            row = dict(by_rate[len(by_rate) // 2])
+            row["lines_per_s_runs"] = [r["lines_per_s"] for r in runs[n]]
+            row["repeats"] = len(runs[n])
             rows.append(row)
     if len(rows) >= 2 and rows[0]["engine_peak_rss_mb"] and rows[-1]["engine_peak_rss_mb"]:
         for key in ("api_peak_rss_mb", "engine_peak_rss_mb"):
