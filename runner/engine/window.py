@@ -1,7 +1,7 @@
 """Window: the engine's bound on lines in flight (read from the input, not yet handed to the writer).
 
-The feeder takes a slot per line it reads; the loop gives it back when the line's result (or its
-abort) leaves the loop. One window per loaded model, sized by settings.max_inflight or the backend's
+The feeder takes the free slots before each feeding pass (and gives back those it did not fill); the
+loop gives a line's slot back when its result (or its abort) leaves the loop. One window per loaded model, sized by settings.max_inflight or the backend's
 default_max_inflight. Memory stays flat whatever the input size, and a crash redoes at most the
 window plus the lines written since the last checkpoint.
 """
@@ -22,13 +22,6 @@ class Window:
     @property
     def used(self) -> int:
         return self._used
-
-    def try_take(self) -> bool:
-        with self._cond:
-            if self._used >= self.capacity:
-                return False
-            self._used += 1
-            return True
 
     def take_up_to(self, n: int) -> int:
         """Take as many slots as are free, at most n; return how many were taken."""

@@ -115,8 +115,10 @@ def test_factory_picks_backends() -> None:
 
 
 def test_window_bounds() -> None:
-    w = Window(2)
-    assert w.try_take() and w.try_take() and not w.try_take()
+    w = Window(3)
+    assert w.take_up_to(2) == 2 and w.take_up_to(5) == 1 and w.take_up_to(1) == 0
     assert not w.wait_room(0.01)
-    w.give()
+    w.give(2)
     assert w.wait_room(0.01) and w.used == 1
+    w.give(9)  # more than taken: never below zero
+    assert w.used == 0 and w.take_up_to(10) == 3
