@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
