@@ -24,6 +24,7 @@ from runner.settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_DRAIN = 4096  # messages taken per turn, so a full inbox never starves step()
+IDLE_WAIT = 0.05  # seconds an idle loop waits on its inbox before it looks at the stop flag again
 
 
 class EngineLoop:
@@ -66,7 +67,7 @@ class EngineLoop:
     # -- inbox ---------------------------------------------------------------------------------------
     def _drain(self, *, block: bool) -> None:
         try:
-            msg = self.inbox.get(timeout=self.settings.poll_interval) if block else self.inbox.get_nowait()
+            msg = self.inbox.get(timeout=IDLE_WAIT) if block else self.inbox.get_nowait()
         except queue.Empty:
             return
         for _ in range(MAX_DRAIN):

@@ -175,3 +175,22 @@ def test_one_engine_per_data_dir(harness: Harness, settings: Settings) -> None:
         harness.wait_status(b["id"], "completed")
     finally:
         second.stop()
+
+
+def test_new_batches_and_cancels_are_seen_without_the_full_poll(harness: Harness, settings: Settings) -> None:
+    """With an hour between full polls, only the engine's check for commits by another process
+    (PRAGMA data_version) can find a batch created, or cancelled, after the engine started."""
+    harness.settings = settings.replace(poll_interval=3600.0)
+    harness.start_engine()
+    time.sleep(0.3)  # the engine's first full poll has run, and found nothing
+    lines = [chat_line(i) for i in range(20)]
+    b = harness.wait_status(harness.submit(lines)["id"], "completed", timeout=20)
+    check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+
+    slow = [chat_line(i, model="sim-slow") for i in range(200)]
+    s = harness.submit(slow)
+    harness.wait(s["id"], lambda x: x["request_counts"]["completed"] > 0, timeout=20)
+    assert harness.client.post(f"/v1/batches/{s['id']}/cancel").status_code == 200
+    s = harness.wait_status(s["id"], "cancelled", timeout=20)
+    out, err = check_exactly_once(harness, s, [x["custom_id"] for x in slow])
+    assert out and any(r["error"] and r["error"]["code"] == "batch_cancelled" for r in err)
