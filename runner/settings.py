@@ -84,6 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("poll_interval", "RUNNER_POLL_INTERVAL", 0.2,
             "Seconds between the engine's full status polls (expiries); new batches and cancels are seen "
             "within ~10 ms.", float),
+    Setting("engine_restart_max_delay", "RUNNER_ENGINE_RESTART_MAX_DELAY", 10.0,
+            "Longest wait before a dead engine is restarted (the wait doubles from 0.5 s).", float),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
@@ -110,6 +112,7 @@ class Settings:
     max_inflight: int = 0
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
+    engine_restart_max_delay: float = 10.0
     log_level: str = "info"
 
     @property

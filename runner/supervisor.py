@@ -42,7 +42,9 @@ class EngineSupervisor:
         return {"alive": alive, "pid": self.proc.pid if alive and self.proc else None, "restarts": self.restarts}
 
     async def run(self) -> None:
-        backoff = 0.5
+        cap = max(0.0, self.settings.engine_restart_max_delay)
+        floor = min(0.5, cap)
+        backoff = floor
         while not self._stopping:
             started = time.monotonic()
             self.proc = await asyncio.create_subprocess_exec(*self.command(), env=os.environ.copy())
@@ -52,10 +54,10 @@ class EngineSupervisor:
                 break
             self.restarts += 1
             if time.monotonic() - started > 30:
-                backoff = 0.5
+                backoff = floor  # it ran a while: a fresh failure, not a crash loop
             logger.warning("engine exited code=%s; restarting in %.1fs (restart %d)", code, backoff, self.restarts)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, cap)
 
     async def stop(self) -> None:
         self._stopping = True

@@ -14,10 +14,9 @@ Environment:
 - RUNNER_SOAK_KILLS=N      engine kills in test 1 (default 20); test 2 gets max(5, N // 4).
                            The long soak: RUNNER_SOAK_KILLS=60 pytest -m slow -s tests/reliability/test_crash_soak.py
 - RUNNER_SOAK_SEED=S       seed of the kill-timing RNG (default 1234).
-- RUNNER_SOAK_REAL_BACKOFF=1  keep the supervisor's real restart backoff (0.5 s doubling to 10 s).
-                           By default the server runs through a tiny wrapper that keeps the backoff
-                           at its 0.5 s floor (it makes the supervisor believe every engine lived
-                           more than 30 s), so 20 kills fit in the CI time budget.
+- RUNNER_SOAK_REAL_BACKOFF=1  keep the supervisor's default restart backoff (0.5 s doubling to 10 s).
+                           By default the server runs with RUNNER_ENGINE_RESTART_MAX_DELAY=0.5, so
+                           20 kills fit in the CI time budget.
 """
 
 from __future__ import annotations
@@ -57,17 +56,6 @@ models:
     engine_args: {tokens_per_second: 900, max_inflight: 32}
 """
 
-# Runs `runner serve` with the supervisor's restart backoff held at its floor (see module doc).
-_FAST_BACKOFF = (
-    "import itertools, sys, time, types, runpy\n"
-    "import runner.supervisor as s\n"
-    "_n = itertools.count()\n"
-    "s.time = types.SimpleNamespace(monotonic=lambda: time.monotonic() + 31.0 * next(_n))\n"
-    "sys.argv = ['runner'] + sys.argv[1:]\n"
-    "runpy.run_module('runner', run_name='__main__', alter_sys=True)\n"
-)
-
-
 class Soak:
     """One data dir; `start()` (re)starts `runner serve` on it in its own process group."""
 
@@ -96,8 +84,10 @@ class Soak:
                 "RUNNER_POLL_INTERVAL": "0.1",
             }
         )
+        if not REAL_BACKOFF:
+            env["RUNNER_ENGINE_RESTART_MAX_DELAY"] = "0.5"  # 20 kills would otherwise sleep ~3 min
         args = ["serve", "--port", str(self.port), "--data-dir", str(self.data), "--models", str(self.models)]
-        cmd = [sys.executable, "-m", "runner", *args] if REAL_BACKOFF else [sys.executable, "-c", _FAST_BACKOFF, *args]
+        cmd = [sys.executable, "-m", "runner", *args]
         log = open(self.tmp / f"server-{self.starts}.log", "wb")  # noqa: SIM115 - the child holds it
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
