@@ -1,7 +1,7 @@
 """Feeder: in_progress batches' pending input lines -> Feed messages for the loop.
 
 Runs in its own thread and owns the reads: it polls BatchStore.active(), opens a batch's Ledger (the
-restart protocol: cut files back to the checkpoint, rebuild the written custom_ids), and reads input
+restart protocol: cut files back to the checkpoint, rebuild the set of written lines), and reads input
 lines lazily through runner/jsonl.py, skipping lines already written. It also turns the batch
 statuses into work: cancelling -> Abort("cancelled"), expires_at passed -> Abort("expired"),
 finalizing (left by a crash) -> Check.

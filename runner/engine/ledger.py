@@ -86,7 +86,7 @@ def _scan(path: Path, size: int, written: set[str]) -> int:
             try:
                 cid = orjson.loads(raw)["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                logger.warning("unreadable row dropped from done-set path=%s", path)
+                logger.warning("unreadable row skipped while rebuilding the written lines path=%s", path)
                 continue
             if cid not in written:
                 written.add(cid)
