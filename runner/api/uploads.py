@@ -11,6 +11,7 @@ import os
 from typing import IO
 
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from runner.errors import ApiError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
@@ -147,6 +148,11 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
                                   code="invalid_multipart"))
     if form.error is not None:
         raise form.error
+    # Off the event loop: fsyncing a large upload takes long enough to stall every other request.
+    await run_in_threadpool(_make_durable, out)
+    return form
+
+
+def _make_durable(out: IO[bytes]) -> None:
     out.flush()
     os.fsync(out.fileno())
-    return form

@@ -75,3 +75,27 @@ def test_finished_counts_rows_not_lines(tmp_path: Path, n: int) -> None:
         led.append(line, _row(f"c{i}"), ok=i % 2 == 0)
     assert led.finished and len(led.done) == n
     led.close()
+
+
+def test_sync_fsyncs_only_the_files_that_grew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runner.engine.ledger as ledger_mod
+
+    synced: list[int] = []
+    real_fsync = ledger_mod.os.fsync
+    monkeypatch.setattr(ledger_mod.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    inp = _input(tmp_path, 5)
+    led = _ledger(tmp_path, inp, (0, 0))
+    out_fd, err_fd = (f.fileno() for f in led._files)
+    led.sync()
+    assert sorted(synced) == sorted([out_fd, err_fd])  # the first sync covers both (a restart's cut)
+    synced.clear()
+    led.append(1, _row("c0"), ok=True)
+    p = led.sync()
+    assert synced == [out_fd] and p.output_bytes > 0 and p.error_bytes == 0
+    synced.clear()
+    led.sync()
+    assert synced == []  # nothing new
+    led.append(3, _row("c1"), ok=False)
+    led.sync()
+    assert synced == [err_fd]
+    led.close()
