@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -34,3 +36,16 @@ def iter_lines(path: str | Path, max_line_bytes: int = 16 * 1024 * 1024) -> Iter
             line = raw.strip(b" \t\r\n")
             if line:
                 yield lineno, line
+
+
+def iter_custom_ids(path: str | Path, max_line_bytes: int = 16 * 1024 * 1024) -> Iterator[tuple[int, str]]:
+    """Yield (line number, custom_id) for each line that has one; unreadable lines are skipped
+    (validation rejected them before the engine ever reads the file)."""
+    for lineno, raw in iter_lines(path, max_line_bytes):
+        if raw is None:
+            continue
+        try:
+            cid = orjson.loads(raw)["custom_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        yield lineno, cid

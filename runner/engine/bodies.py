@@ -371,14 +371,6 @@ def _parse_sampling(body: dict[str, Any], spec: ModelSpec, *, chat: bool) -> Sam
 
 
 def _message(i: int, m: Any) -> dict[str, str]:
-    content = m.get("content") if isinstance(m, dict) else None
-    role = m.get("role") if isinstance(m, dict) else None
-    if type(content) is str and role in ("user", "system", "assistant") and len(m) == 2:
-        return {"role": role, "content": content}  # the common case, with nothing else to check
-    return _full_message(i, m)
-
-
-def _full_message(i: int, m: Any) -> dict[str, str]:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise _bad(f"'{where}' must be an object with 'role' and 'content'.", where, "invalid_type")

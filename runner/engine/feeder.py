@@ -27,13 +27,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.ledger import Ledger, LineSet, Totals
-from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result
+from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
 from runner.engine.window import Window
 from runner.errors import LineError
 from runner.jsonl import iter_lines
@@ -70,7 +70,6 @@ class BatchFeed:
     lines: Iterator[tuple[int, bytes | None]]
     done: LineSet  # lines written before this feed opened (a restart); the writer owns the live set
     exhausted: bool = False
-    read: int = field(default=0)
 
     def next_request(self) -> LineRequest | BadLine | None:
         """The next unwritten line; a BadLine for one that cannot run; None at the end."""
@@ -86,7 +85,6 @@ class BatchFeed:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.error("unreadable input line skipped batch=%s line=%d", self.batch_id, lineno)
                 continue
-            self.read += 1
             body = obj.get("body")
             if not isinstance(body, dict):
                 return BadLine(lineno, cid, LineError("'body' must be a JSON object.", param="body"))
@@ -301,14 +299,21 @@ class Feeder(threading.Thread):
         else:
             error = LineError(f"The model {feed.model!r} failed to load: {self.state.load_errors[feed.model]}",
                               status=500, code="model_load_failed")
+        rows = []
         for _ in range(DIRECT_PER_PASS):
             item = feed.next_request()
             if item is None:
-                return
+                break
             if isinstance(item, LineRequest):
                 item = BadLine(item.line, item.custom_id, error)
-            self._direct(feed, item)
+            rows.append(self._row(feed, item))
+        if rows:
+            self.outbox.put(Results(rows))
 
     def _direct(self, feed: BatchFeed, bad: BadLine) -> None:
+        self.outbox.put(Results([self._row(feed, bad)]))
+
+    @staticmethod
+    def _row(feed: BatchFeed, bad: BadLine) -> Result:
         result = LineResult(f"{feed.batch_id}:{bad.line}", bad.error.status, bad.error.body())
-        self.outbox.put(Result(feed.batch_id, bad.line, bad.custom_id, feed.model, result))
+        return Result(feed.batch_id, bad.line, bad.custom_id, feed.model, result)

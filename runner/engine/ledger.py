@@ -18,7 +18,7 @@ from typing import IO
 import orjson
 
 from runner.engine.backend import Usage
-from runner.jsonl import iter_lines
+from runner.jsonl import iter_custom_ids
 from runner.store.batches import Progress
 
 logger = logging.getLogger(__name__)
@@ -97,17 +97,10 @@ def _scan(path: Path, size: int, written: set[str]) -> int:
 def _lines_of(input_path: Path, written: set[str], max_line_bytes: int) -> LineSet:
     """The input line numbers of the written custom_ids (validation made custom_ids unique)."""
     done = LineSet()
-    if not written:
-        return done
-    for lineno, raw in iter_lines(input_path, max_line_bytes):
-        if raw is None:
-            continue
-        try:
-            cid = orjson.loads(raw)["custom_id"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            continue
-        if cid in written:
-            done.add(lineno)
+    if written:
+        for lineno, cid in iter_custom_ids(input_path, max_line_bytes):
+            if cid in written:
+                done.add(lineno)
     return done
 
 
@@ -133,7 +126,6 @@ class Ledger:
         self.model = model
         self.total = total
         self.input_path = input_path
-        self.paths = (output_path, error_path)
         out_size = _cut(output_path, durable[0])
         err_size = _cut(error_path, durable[1])
         # Counts come from the rows kept; token usage from the checkpoint that recorded those rows.

@@ -25,7 +25,7 @@ from runner.engine.ledger import Ledger
 from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
 from runner.errors import Conflict
 from runner.ids import new_line_id, new_request_id
-from runner.jsonl import iter_lines
+from runner.jsonl import iter_custom_ids
 from runner.settings import Settings
 from runner.store import BatchStore
 from runner.wire import CANCELLED_MESSAGE, EXPIRED_MESSAGE, error_line, output_line
@@ -98,8 +98,6 @@ class Writer(threading.Thread):
                 if item.batch_id not in ledgers:
                     ledgers[item.batch_id] = self.state.ledger(item.batch_id)
                 self._result(item, ledgers[item.batch_id])
-        elif isinstance(msg, Result):
-            self._result(msg, self.state.ledger(msg.batch_id))
         elif isinstance(msg, Close):
             self._close(msg)
         elif isinstance(msg, Check):
@@ -127,12 +125,8 @@ class Writer(threading.Thread):
             return
         code, message = _REASONS[msg.reason]
         written = 0
-        for lineno, raw in iter_lines(ledger.input_path, self.settings.max_line_bytes):
-            if raw is None or lineno in ledger.done:
-                continue
-            try:
-                cid = orjson.loads(raw)["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
+        for lineno, cid in iter_custom_ids(ledger.input_path, self.settings.max_line_bytes):
+            if lineno in ledger.done:
                 continue
             row = error_line(new_line_id(), cid, code, message)
             written += ledger.append(lineno, orjson.dumps(row) + b"\n", ok=False)
