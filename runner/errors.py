@@ -11,6 +11,7 @@
         PayloadTooLarge  413
         RateLimited      429 with Retry-After
         ServiceUnavailable 503 (e.g. disk full): retry later
+          StoreClosed    503 shutting_down: the store was closed (the server is stopping)
       LineError          one input line failed: goes to the error file, the batch goes on
       EngineDead         the backend crashed: recoverable, the batch stays in_progress and resumes
 
@@ -118,6 +119,12 @@ class ServiceUnavailable(ApiError):
     status = 503
     type = "server_error"
     code = "service_unavailable"
+
+
+class StoreClosed(ServiceUnavailable):
+    """503: the store is closed because the process is shutting down; retry against the restarted server."""
+
+    code = "shutting_down"
 
 
 class LineError(RunnerError):

@@ -104,7 +104,8 @@ def create_app(
         services = Services(settings, models_registry)
         app.state.services = services
         services.resume_validation()
-        sweeper = asyncio.create_task(_sweep_forever(services))
+        stop_sweeping = asyncio.Event()
+        sweeper = asyncio.create_task(_sweep_forever(services, stop_sweeping))
         try:
             if background is not None:
                 async with background(services):
@@ -112,10 +113,13 @@ def create_app(
             else:
                 yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            services.close()
+            # Stop the sweeper cooperatively and wait for a sweep already running in its worker
+            # thread: cancelling the task would not stop that thread, and closing the store under it
+            # crashed the process (see #11). close() then waits for request threads still in a query.
+            services.stopping.set()
+            stop_sweeping.set()
+            await sweeper
+            await asyncio.to_thread(services.close)
 
     app = Starlette(
         routes=ROUTES,
@@ -126,10 +130,12 @@ def create_app(
     return app
 
 
-async def _sweep_forever(services: Services) -> None:
-    while True:
+async def _sweep_forever(services: Services, stop: asyncio.Event) -> None:
+    """Sweep expired files every sweep_interval seconds until `stop` is set."""
+    while not stop.is_set():
         try:
             await asyncio.to_thread(services.sweep)
         except Exception:
             logger.exception("sweep failed")
-        await asyncio.sleep(services.settings.sweep_interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), services.settings.sweep_interval)

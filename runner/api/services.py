@@ -31,6 +31,7 @@ class Services:
         self._retries: dict[str, threading.Timer] = {}
         self._retry_lock = threading.Lock()
         self._closed = False
+        self.stopping = threading.Event()  # set when the app starts shutting down
 
     def resume_validation(self) -> None:
         """Batches left in `validating` by a crash are validated again."""
@@ -93,12 +94,14 @@ class Services:
 
     def sweep(self, now: int | None = None) -> int:
         """Delete expired files; `now` lets tests move the clock forward."""
-        gone = self.files.sweep_expired(int(time.time()) if now is None else now)
+        gone = self.files.sweep_expired(int(time.time()) if now is None else now, stop=self.stopping.is_set)
         if gone:
             logger.info("expired files deleted count=%d", len(gone))
         return len(gone)
 
     def close(self) -> None:
+        """Stop background work and wait for it, then close the store (which waits for its users)."""
+        self.stopping.set()
         with self._retry_lock:
             self._closed = True
             for timer in self._retries.values():

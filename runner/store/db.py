@@ -6,6 +6,7 @@ writer commits, and busy_timeout makes a writer wait for the other process inste
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runner.errors import StoreClosed
 from runner.store.schema import SCHEMA_SQL, SCHEMA_VERSION
+
+logger = logging.getLogger(__name__)
 
 
 class Database:
@@ -25,6 +29,11 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Uses in progress, so close() can wait for them: closing a connection that another thread is
+        # still stepping crashes the process inside SQLite (a segfault, not an exception).
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._closed = False
         conn = self.connection()
         conn.executescript(SCHEMA_SQL)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -44,31 +53,58 @@ class Database:
         return conn
 
     @contextmanager
+    def _use(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use until the block ends."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed(f"the store {self.path} is closed")
+            self._active += 1
+        try:
+            yield self.connection()
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    self._idle.notify_all()
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT: take the write lock up front so no read-then-write races."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._use() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        return self.connection().execute(sql, params).fetchall()
+        with self._use() as conn:
+            return conn.execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self.connection().execute(sql, params).fetchone()
-        return row
+        with self._use() as conn:
+            row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+            return row
 
     def data_version(self) -> int:
         """A number that changes when another connection commits: a cheap 'did anything happen?'"""
-        return int(self.connection().execute("PRAGMA data_version").fetchone()[0])
+        with self._use() as conn:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new uses, wait (up to `timeout`) for those in progress, then close every connection.
+
+        A thread still inside a query after the wait keeps its connection open (and a log line says
+        so) rather than have it closed under it."""
         with self._lock:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._active == 0, timeout):
+                logger.error("[shutdown] store %s still in use by %d thread(s) after %.0f s; "
+                             "leaving their connections open", self.path, self._active, timeout)
+                return
             for conn in self._all:
                 try:
                     conn.close()

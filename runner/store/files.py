@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -147,14 +147,18 @@ class FileStore:
             conn.execute("UPDATE files SET deleted_at = ? WHERE id = ?", (now, file_id))
         self.path_of(file_id).unlink(missing_ok=True)
 
-    def sweep_expired(self, now: int) -> list[str]:
-        """Delete files whose expires_at has passed, except those a running batch still uses."""
+    def sweep_expired(self, now: int, stop: Callable[[], bool] = lambda: False) -> list[str]:
+        """Delete files whose expires_at has passed, except those a running batch still uses.
+
+        `stop` is asked between files, so a shutdown never waits for a long sweep to end."""
         rows = self.db.query(
             "SELECT id FROM files WHERE deleted_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?",
             (now,),
         )
         gone: list[str] = []
         for row in rows:
+            if stop():
+                break
             with self.db.transaction() as conn:
                 busy = conn.execute(
                     f"SELECT 1 FROM batches WHERE status IN ({','.join('?' * len(RUNNING))})"
