@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from runner.errors import ConfigError
-from runner.settings import Settings, is_loopback, load_settings
+from runner.settings import Settings, load_settings
 
 logger = logging.getLogger("runner")
 
@@ -67,13 +67,21 @@ def main(argv: list[str] | None = None) -> None:
 
             run_engine(settings)
         elif args.command == "check-config":
-            from runner.model_specs import load_model_specs  # noqa: PLC0415
-
-            registry = load_model_specs(settings.models_path)
-            print(f"ok: {len(registry.specs)} models ({', '.join(registry.ids)}); data dir {settings.data_dir}")
+            check_config(settings)
     except ConfigError as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def check_config(settings: Settings) -> None:
+    """`runner check-config`: every check `serve` runs at start, without starting anything."""
+    from runner.model_specs import load_model_specs  # noqa: PLC0415
+    from runner.preflight import preflight  # noqa: PLC0415
+
+    registry = load_model_specs(settings.models_path)
+    for note in preflight(settings, registry):
+        print(f"note: {note}")
+    print(f"ok: {len(registry.specs)} models ({', '.join(registry.ids)}); data dir {settings.data_dir}")
 
 
 def serve(settings: Settings) -> None:
@@ -82,17 +90,18 @@ def serve(settings: Settings) -> None:
     from runner.api.app import create_app  # noqa: PLC0415
     from runner.log import configure_logging  # noqa: PLC0415
     from runner.model_specs import load_model_specs  # noqa: PLC0415
+    from runner.preflight import preflight  # noqa: PLC0415
     from runner.supervisor import engine_supervisor  # noqa: PLC0415
 
     configure_logging(settings.log_level, process="api")
+    registry = load_model_specs(settings.models_path)
+    # The same checks as check-config, before anything binds or starts (#11): a config that cannot
+    # work exits 2 with one line, instead of a healthy server whose batches all fail.
+    for note in preflight(settings, registry, models=settings.engine):
+        logger.warning("%s", note)
     if not settings.api_keys:
-        if not is_loopback(settings.host):
-            raise ConfigError(
-                f"refusing to bind {settings.host} without API keys: set RUNNER_API_KEYS, or bind 127.0.0.1"
-            )
         logger.warning("no API keys configured (RUNNER_API_KEYS): serving loopback clients only on %s:%d",
                        settings.host, settings.port)
-    registry = load_model_specs(settings.models_path)
     app = create_app(settings, registry, background=engine_supervisor(settings) if settings.engine else None)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=5)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import ConfigError
+from runner.model_specs import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,8 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{env} must be positive")
     if s.rate_limit < 0:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
+    if s.backend and s.backend not in BACKENDS:
+        raise ConfigError(f"RUNNER_BACKEND={s.backend!r} is not a backend (one of {', '.join(BACKENDS)})")
 
 
 def is_loopback(host: str) -> bool:

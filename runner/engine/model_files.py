@@ -60,24 +60,48 @@ def resolve_model_path(spec: ModelSpec, settings: Settings) -> Path:
 
 
 def resolve_path(path: str, cache_dir: Path, *, model_id: str = "") -> Path:
+    where = locate(path, cache_dir, model_id=model_id)
+    if where.gguf is not None:
+        return convert_gguf(where.folder, where.gguf, where.converted)
+    return where.folder
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a model's files are: a ready folder, or a GGUF in `folder` to convert into `converted`."""
+
+    folder: Path
+    gguf: str | None = None
+    converted: Path = Path()
+
+    @property
+    def needs_conversion(self) -> bool:
+        """A GGUF not yet converted: the first load will take a while (~20 s for a 135M model)."""
+        return self.gguf is not None and not (self.converted / "config.json").exists()
+
+
+def locate(path: str, cache_dir: Path, *, model_id: str = "") -> Located:
+    """Find a model offline without loading or converting anything: what `check-config` and
+    `serve` check at start, and the first half of resolve_path. A ConfigError names what is missing
+    (the file, or the package to install)."""
     who = f"model {model_id!r}: " if model_id else ""
     local = Path(path).expanduser()
     if local.is_dir():
-        return local
+        return Located(local)
     if path.endswith(".gguf"):
         if not local.is_file():
             raise ConfigError(f"{who}GGUF file {path!r} does not exist")
         st = local.stat()
         key = hashlib.sha256(f"{local.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return convert_gguf(local.parent, local.name, cache_dir / f"{_slug(local.stem)}-{key}")
+        return Located(local.parent, local.name, cache_dir / f"{_slug(local.stem)}-{key}")
     if local.exists():
         raise ConfigError(f"{who}{path!r} is neither a model folder nor a .gguf file")
     found = _hf_cache_snapshot(path)
     if found is not None:
-        return found
+        return Located(found)
     packaged = PACKAGED.get(path)
     if packaged is not None:
-        return _from_package(packaged, cache_dir, who)
+        return _in_package(packaged, cache_dir, who)
     raise ConfigError(
         f"{who}{path!r} is not a local folder or .gguf file, and not in the local Hugging Face cache; "
         "this server does not download models. Download it where there is network "
@@ -114,17 +138,17 @@ def _package_dir(packaged: Packaged, who: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _from_package(packaged: Packaged, cache_dir: Path, who: str) -> Path:
+def _in_package(packaged: Packaged, cache_dir: Path, who: str) -> Located:
     src = _package_dir(packaged, who)
     if packaged.folder is not None:
         folder = src / packaged.folder
         if not (folder / "config.json").exists():
             raise ConfigError(f"{who}package {packaged.pip} has no model folder at {folder}")
-        return folder
+        return Located(folder)
     assert packaged.gguf is not None
     if not (src / packaged.gguf).exists():
         raise ConfigError(f"{who}package {packaged.pip} has no {packaged.gguf}")
-    return convert_gguf(src, packaged.gguf, cache_dir / packaged.cache_name)
+    return Located(src, packaged.gguf, cache_dir / packaged.cache_name)
 
 
 def convert_gguf(src_dir: Path, gguf_name: str, out: Path, dtype: str = "bfloat16") -> Path:
