@@ -87,6 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
             "within ~10 ms.", float),
     Setting("engine_restart_max_delay", "RUNNER_ENGINE_RESTART_MAX_DELAY", 10.0,
             "Longest wait before a dead engine is restarted (the wait doubles from 0.5 s).", float),
+    Setting("model_load_retry_max_delay", "RUNNER_MODEL_LOAD_RETRY_MAX_DELAY", 300.0,
+            "Longest wait between attempts to load a model that failed to load (the wait doubles from 2 s).",
+            float),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
@@ -114,6 +117,7 @@ class Settings:
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
     engine_restart_max_delay: float = 10.0
+    model_load_retry_max_delay: float = 300.0
     log_level: str = "info"
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,4 +35,8 @@ async def health(request: Request) -> Response:
         return OrjsonResponse({"status": "starting"}, status_code=503)
     status_of = getattr(svc, "engine_status", None)
     engine = status_of() if status_of is not None else None
-    return OrjsonResponse({"status": "ok", "engine": engine})
+    # What the engine reported about its models; a model that fails to load makes the server
+    # "degraded" (still 200: it serves the API, and other models run).
+    models = await run_in_threadpool(svc.model_states.all)
+    status = "degraded" if any(m["state"] == "load_failed" for m in models.values()) else "ok"
+    return OrjsonResponse({"status": status, "engine": engine, "models": models})

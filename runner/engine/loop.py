@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from runner.engine.backend import Backend, LineRequest, LineResult
-from runner.engine.messages import Abort, Close, EngineState, Feed, Load, Result, Results
+from runner.engine.messages import Abort, Close, EngineState, Feed, Load, LoadFailure, Result, Results
 from runner.engine.window import Window
 from runner.errors import LineError, openai_error_body
 from runner.model_specs import ModelSpec
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 MAX_DRAIN = 4096  # messages taken per turn, so a full inbox never starves step()
 IDLE_WAIT = 0.05  # seconds an idle loop waits on its inbox before it looks at the stop flag again
+MAX_LOAD_ERROR = 500  # characters of a load error kept: it is shown on every waiting Batch and in /health
 
 
 class EngineLoop:
@@ -125,9 +127,17 @@ class EngineLoop:
         try:
             backend = self.make_backend(spec, self.settings)
         except Exception as exc:
-            logger.exception("model load failed model=%s", spec.id)
-            self.state.load_errors[spec.id] = f"{type(exc).__name__}: {exc}"
+            prev = self.state.load_errors.get(spec.id)
+            attempts = prev.attempts + 1 if prev is not None else 1
+            delay = min(self.settings.model_load_retry_max_delay, 2.0 ** attempts)
+            now = time.monotonic()
+            error = f"{type(exc).__name__}: {exc}"
+            if len(error) > MAX_LOAD_ERROR:
+                error = error[:MAX_LOAD_ERROR] + "..."
+            logger.exception("model load failed model=%s attempt=%d retry_in=%.1fs", spec.id, attempts, delay)
+            self.state.load_errors[spec.id] = LoadFailure(error, attempts, now, now + delay)
             return
+        self.state.load_errors.pop(spec.id, None)
         self.backends[spec.id] = backend
         self.slots[spec.task] = spec.id
         window = self.settings.max_inflight or backend.default_max_inflight

@@ -87,12 +87,22 @@ class Stats:
     output_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A model's last failed load (written by the loop); the feeder retries it from `retry_at` on."""
+
+    error: str
+    attempts: int  # failed loads in a row
+    at: float  # time.monotonic() of the failure
+    retry_at: float  # time.monotonic() from which the feeder may ask again
+
+
 @dataclass
 class EngineState:
     """What the threads share: loaded models' windows, open ledgers, ended batches, throughput."""
 
     windows: dict[str, Window] = field(default_factory=dict)
-    load_errors: dict[str, str] = field(default_factory=dict)
+    load_errors: dict[str, LoadFailure] = field(default_factory=dict)
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)
     stats: dict[str, Stats] = field(default_factory=lambda: defaultdict(Stats))

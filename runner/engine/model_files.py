@@ -163,7 +163,8 @@ def convert_gguf(src_dir: Path, gguf_name: str, out: Path, dtype: str = "bfloat1
 
     logger.info("converting GGUF once src=%s out=%s (takes ~20 s for a 135M model)", src_dir / gguf_name, out)
     tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_name, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=gguf_name, dtype=getattr(torch, dtype),
+                                                 use_kernels=False)  # no code from the Hub (see hf_backend)
     model.hf_quantizer = None  # already dequantised; otherwise save_pretrained raises
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -3,5 +3,6 @@
 from runner.store.batches import BatchStore
 from runner.store.db import Database
 from runner.store.files import FileStore
+from runner.store.models import ModelStates
 
-__all__ = ["BatchStore", "Database", "FileStore"]
+__all__ = ["BatchStore", "Database", "FileStore", "ModelStates"]

@@ -1,6 +1,6 @@
 """The schema: one idempotent script, versioned with PRAGMA user_version."""
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS files (
@@ -52,4 +52,14 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE INDEX IF NOT EXISTS batches_by_owner ON batches (owner, seq);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
+
+-- What the engine reports about the models it was asked to load (version 2); /health shows it.
+CREATE TABLE IF NOT EXISTS model_states (
+    model       TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,      -- loaded | load_failed
+    error       TEXT,               -- the last load error (bounded)
+    attempts    INTEGER NOT NULL DEFAULT 0,   -- failed loads in a row
+    retry_at    REAL,               -- unix time of the next load attempt
+    updated_at  REAL NOT NULL
+);
 """

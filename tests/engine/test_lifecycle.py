@@ -9,9 +9,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from runner.api.app import create_app
-from runner.engine.backend import Backend
 from runner.engine.main import Engine
-from runner.model_specs import ModelRegistry, ModelSpec, parse_model_specs
+from runner.model_specs import ModelRegistry, parse_model_specs
 from runner.settings import Settings
 from tests.engine.conftest import MODELS, Harness, chat_line, check_exactly_once
 
@@ -132,17 +131,53 @@ def test_pipeline_speed(harness: Harness, n: int) -> None:
     print(f"\nsimulated pipeline: {n} lines in {elapsed:.2f}s = {n / elapsed:.0f} lines/s")
 
 
-def test_model_load_failure_becomes_500_rows(harness: Harness, settings: Settings) -> None:
-    def broken(spec: ModelSpec, s: Settings) -> Backend:
-        raise RuntimeError("weights are corrupt")
+def test_model_load_failure_waits_retries_and_resumes(tmp_path: Path) -> None:
+    """A model that fails to load never ends its batch with every line a 500 (#11): the batch waits
+    in_progress with the error on it and in /health, the load is retried with backoff, and once the
+    model files are fixed the batch runs to completion, exactly once."""
+    pytest.importorskip("transformers")
+    from tests.fixtures.tiny_models import build_tiny_llama
 
-    lines = [chat_line(i) for i in range(4)]
-    b = harness.submit(lines)
-    harness.engine = Engine(settings, harness.registry, backend_factory=broken).start()
-    b = harness.wait_status(b["id"], "completed")
-    out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
-    assert not out and {r["response"]["status_code"] for r in err} == {500}
-    assert "weights are corrupt" in err[0]["response"]["body"]["error"]["message"]
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{ this is not json")
+    registry = parse_model_specs({"models": [
+        {"id": "tiny", "backend": "transformers", "path": str(model_dir), "max_tokens": 4}]})
+    settings = Settings(data_dir=str(tmp_path / "data"), engine=False, sweep_interval=3600.0, threads=1,
+                        checkpoint_interval=0.05, poll_interval=0.05, model_load_retry_max_delay=0.2)
+    with TestClient(create_app(settings, registry)) as client:
+        h = Harness(client, settings, registry)
+        lines = [chat_line(i, model="tiny", max_tokens=4) for i in range(3)]
+        b = h.submit(lines)
+        h.start_engine()
+        b = h.wait(b["id"], lambda b: b["errors"] is not None)
+        assert b["status"] == "in_progress"
+        assert b["request_counts"] == {"total": 3, "completed": 0, "failed": 0}
+        notice = b["errors"]["data"][0]
+        assert notice["code"] == "model_load_failed" and notice["param"] == "model" and "'tiny'" in notice["message"]
+
+        def attempts() -> int:
+            health = client.get("/health").json()
+            assert health["status"] == "degraded" and health["models"]["tiny"]["state"] == "load_failed"
+            assert health["models"]["tiny"]["error"]
+            return int(health["models"]["tiny"]["attempts"])
+
+        deadline = time.monotonic() + 30
+        while attempts() < 3:  # retried, again and again, not given up
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert h.batch(b["id"])["request_counts"]["failed"] == 0
+
+        build_tiny_llama(tmp_path / "fixed")  # the operator fixes the model files
+        (model_dir / "config.json").unlink()
+        for f in (tmp_path / "fixed").iterdir():
+            f.rename(model_dir / f.name)
+        b = h.wait_status(b["id"], "completed", timeout=60)
+        out, err = check_exactly_once(h, b, [x["custom_id"] for x in lines])
+        assert len(out) == 3 and not err and b["errors"] is None
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["models"]["tiny"]["state"] == "loaded"
+        h.stop_engine()
 
 
 def test_generation_and_embedding_models_run_side_by_side(harness: Harness) -> None:
