@@ -10,6 +10,10 @@ already in the output (or errors) file are skipped.
 Per-line problems (unknown model, wrong url, a bad body) become error rows and the run goes on.
 Input that is not a batch file at all (a line that is not JSON, or has no custom_id) stops the run
 before any work, with exit code 2 naming the line.
+
+usage: runner run IN.jsonl -o OUT.jsonl [--errors ERR.jsonl] (--models models.yaml | --model PATH)
+       (`-i IN.jsonl` works too). At the end one summary line goes to stderr: lines done, errors,
+       seconds, output tokens/s; a run whose lines are all written already says so and does nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ def add_run_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("-i", "--input-file", dest="input_file", required=True, help="input batch JSONL")
+    # The input may also come first without -i (`runner run in.jsonl -o out.jsonl`). It is not an
+    # argparse positional: parse_known_args would hand it the value of an engine flag it does not
+    # know (`--max-model-len 8192`); run_command takes it from the front of the unknown arguments.
+    run.add_argument("-i", "--input-file", dest="input_file", help="input batch JSONL (or the first argument)")
     run.add_argument("-o", "--output-file", dest="output_file", required=True, help="output JSONL")
     run.add_argument("--errors", dest="errors_file", help="error rows go here (default: into the output)")
     group = run.add_mutually_exclusive_group()
@@ -160,17 +167,29 @@ def _read_done(path: Path) -> set[str]:
     return done
 
 
+MAX_ECHO = 100  # characters of a client's value echoed in an error message
+
+
+def _echo(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "...'"
+
+
 class Progress:
     def __init__(self, total: int, already: int, enabled: bool) -> None:
         self.total, self.done, self.start_done = total, already, already
         self.tokens = 0
+        self.output_tokens = 0
+        self.errors = 0
         self.enabled = enabled and (sys.stderr.isatty() or os.environ.get("RUNNER_PROGRESS") == "1")
         self.started = time.monotonic()
         self._last = 0.0
 
-    def update(self, n: int, tokens: int) -> None:
+    def update(self, n: int, tokens: int, output_tokens: int = 0, errors: int = 0) -> None:
         self.done += n
         self.tokens += tokens
+        self.output_tokens += output_tokens
+        self.errors += errors
         now = time.monotonic()
         if self.enabled and (now - self._last > 0.5 or self.done == self.total):
             self._last = now
@@ -186,17 +205,37 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\n")
 
+    def summary(self) -> str:
+        """The one line printed at the end, on a terminal or not."""
+        seconds = time.monotonic() - self.started
+        ran = self.done - self.start_done
+        return (f"runner run: {ran - self.errors} lines done, {self.errors} errors "
+                f"({self.done}/{self.total} written in all), {seconds:.1f} s, "
+                f"{self.output_tokens / max(seconds, 1e-9):.1f} output tok/s")
+
 
 def _write(f: IO[bytes], row: dict[str, Any]) -> None:
     f.write(orjson.dumps(row) + b"\n")
     f.flush()
 
 
+def _input_file(args: argparse.Namespace, extra: list[str]) -> str:
+    """-i, or the first argument when it is not a flag (taken off `extra`)."""
+    first = extra.pop(0) if extra and not extra[0].startswith("-") else None
+    if args.input_file and first and first != args.input_file:
+        raise ConfigError(f"two input files given: {args.input_file!r} (-i) and {first!r}")
+    path = args.input_file or first
+    if not path:
+        raise ConfigError("no input file: runner run IN.jsonl -o OUT.jsonl (or -i IN.jsonl)")
+    return str(path)
+
+
 def run_command(args: argparse.Namespace) -> int:
     extra = list(getattr(args, "_extra", []))
     try:
+        input_path = Path(_input_file(args, extra))
         engine_args = _engine_args(extra)
-        input_path, out_path = Path(args.input_file), Path(args.output_file)
+        out_path = Path(args.output_file)
         if not input_path.exists():
             raise ConfigError(f"input file {str(input_path)!r} does not exist")
         scan = InputScan(input_path)
@@ -206,6 +245,11 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     err_path = Path(args.errors_file) if args.errors_file else None
     done = _read_done(out_path) | (_read_done(err_path) if err_path else set())
+    if scan.ids and scan.ids <= done:
+        where = f"{out_path}" + (f" and {err_path}" if err_path else "")
+        print(f"runner run: already complete: all {scan.total} lines of {input_path} are in {where}; "
+              "nothing to do (delete the output to run again)", file=sys.stderr)
+        return 0
     overrides = {k: v for k, v in (("threads", args.threads), ("data_dir", args.data_dir),
                                    ("backend", args.backend if not args.model else None)) if v is not None}
     settings = load_settings(overrides)
@@ -214,7 +258,7 @@ def run_command(args: argparse.Namespace) -> int:
     out = open(out_path, "ab")
     err = open(err_path, "ab") if err_path else out
     try:
-        return _run(input_path, registry, settings, args, done, backends, out, err, progress)
+        code = _run(input_path, registry, settings, args, done, backends, out, err, progress)
     finally:
         for b in backends.values():
             b.close()
@@ -222,6 +266,8 @@ def run_command(args: argparse.Namespace) -> int:
         out.close()
         if err is not out:
             err.close()
+    print(progress.summary(), file=sys.stderr)
+    return code
 
 
 def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argparse.Namespace, done: set[str],
@@ -229,14 +275,12 @@ def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argpars
     from runner.engine.factory import make_backend  # noqa: PLC0415 - heavy backends load on demand
 
     custom_ids: dict[str, str] = {}
-    failed = 0
+    served = ", ".join(_echo(m) for m in registry.ids)
 
-    def emit(custom_id: str, status: int, body: Any, tokens: int = 0) -> None:
-        nonlocal failed
+    def emit(custom_id: str, status: int, body: Any, tokens: int = 0, output_tokens: int = 0) -> None:
         row = output_line(new_line_id(), custom_id, status, new_request_id(), body)
         _write(out if status == 200 else err, row)
-        failed += status != 200
-        progress.update(1, tokens)
+        progress.update(1, tokens, output_tokens, errors=int(status != 200))
 
     def drain(backend: Backend) -> None:
         for res in backend.step():
@@ -244,7 +288,8 @@ def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argpars
 
     def emit_result(res: LineResult) -> None:
         cid = custom_ids.pop(res.key)
-        emit(cid, res.status_code, res.body, res.usage.prompt_tokens + res.usage.completion_tokens)
+        emit(cid, res.status_code, res.body, res.usage.prompt_tokens + res.usage.completion_tokens,
+             res.usage.completion_tokens)
 
     for lineno, raw in iter_lines(input_path):
         assert raw is not None  # the pre-pass rejected over-long lines
@@ -265,8 +310,9 @@ def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argpars
             model = body.get("model")
             spec = registry.specs[0] if model is None and len(registry.specs) == 1 else registry.get(str(model))
             if spec is None:
-                problem = LineError(f"The model {body.get('model')!r} does not exist.", status=404,
-                                    param="model", code="model_not_found")
+                hint = " (name it with --served-model-name)" if args.model else ""
+                problem = LineError(f"The model {_echo(body.get('model'))} does not exist; this run serves "
+                                    f"{served}{hint}.", status=404, param="model", code="model_not_found")
             elif not isinstance(url, str) or not spec.serves(url):
                 problem = LineError(f"The url {url!r} is not served by model {spec.id!r}.", param="url",
                                     code="invalid_url")

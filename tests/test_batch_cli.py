@@ -143,3 +143,54 @@ def _rows_tolerant(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             pass
     return rows
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`runner run` in a child process with pipes, i.e. off a terminal, as a script or CI runs it."""
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_PROGRESS"}
+    return subprocess.run([sys.executable, "-m", "runner", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_run_positional_input_summary_and_already_complete(tmp_path: Path, models: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join([_line(f"r{i}") for i in range(5)] + [_line("bad", model="nope")]) + "\n")
+    out = tmp_path / "out.jsonl"
+    first = _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    summary = first.stderr.strip().splitlines()[-1]
+    assert summary.startswith("runner run: 5 lines done, 1 errors (6/6 written in all), ")
+    assert summary.endswith(" output tok/s") and " s, " in summary
+    assert float(summary.split(", ")[-1].split()[0]) > 0  # tokens were counted
+    rows = _rows(out)
+    assert sorted(r["custom_id"] for r in rows) == ["bad"] + [f"r{i}" for i in range(5)]
+    bad = next(r for r in rows if r["custom_id"] == "bad")["response"]["body"]["error"]
+    assert bad["code"] == "model_not_found" and "this run serves 'sim', 'emb'" in bad["message"]
+
+    again = _run_cli("-i", str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "already complete: all 6 lines" in again.stderr
+    assert _rows(out) == rows  # nothing written twice
+
+
+def test_run_input_file_errors(tmp_path: Path, models: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(_line("a") + "\n")
+    none = _run_cli("-o", str(tmp_path / "o.jsonl"), "--models", str(models), cwd=tmp_path)
+    assert none.returncode == 2 and "no input file: runner run IN.jsonl -o OUT.jsonl" in none.stderr
+    two = _run_cli(str(inp), "-i", str(tmp_path / "other.jsonl"), "-o", str(tmp_path / "o.jsonl"),
+                   "--models", str(models), cwd=tmp_path)
+    assert two.returncode == 2 and "two input files" in two.stderr
+
+
+def test_run_unknown_model_with_model_flag_names_what_is_served(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(_line("a", model="my-model") + "\n" + _line("b", model="x" * 10_000) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = _run_cli(str(inp), "-o", str(out), "--model", "sim-path", "--backend", "simulated",
+                 "--max-model-len", "512", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "0 lines done, 2 errors" in r.stderr.strip().splitlines()[-1]
+    errors = {row["custom_id"]: row["response"]["body"]["error"]["message"] for row in _rows(out)}
+    assert "this run serves 'sim-path' (name it with --served-model-name)" in errors["a"]
+    assert len(errors["b"]) < 400  # the 10,000-character model name is not echoed whole
