@@ -90,6 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("model_load_retry_max_delay", "RUNNER_MODEL_LOAD_RETRY_MAX_DELAY", 300.0,
             "Longest wait between attempts to load a model that failed to load (the wait doubles from 2 s).",
             float),
+    Setting("throughput_log_interval", "RUNNER_THROUGHPUT_LOG_INTERVAL", 10.0,
+            "Seconds between the engine's throughput log lines.", float),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
@@ -118,6 +120,7 @@ class Settings:
     poll_interval: float = 0.2
     engine_restart_max_delay: float = 10.0
     model_load_retry_max_delay: float = 300.0
+    throughput_log_interval: float = 10.0
     log_level: str = "info"
 
     @property

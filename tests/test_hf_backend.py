@@ -359,3 +359,26 @@ def test_refill_merges_waiting_rows_and_keeps_greedy_results(
         assert got == single, f"refill={refill}"
         assert [out[r.key].usage.completion_tokens for r in reqs] == lengths
         backend.close()
+
+
+def test_generated_tokens_count_lines_still_in_flight(tiny_llama_dir: Path, hf_settings: Settings) -> None:
+    backend = make_gen(tiny_llama_dir, hf_settings)
+    backend.add(chat_req("count me", max_tokens=10, ignore_eos=True))
+    assert backend.generated_tokens() == 0
+    finished: list[LineResult] = []
+    while not finished:
+        finished = backend.step()
+        if not finished:
+            assert backend.generated_tokens() > 0  # counted before the line ends
+    assert backend.generated_tokens() == finished[0].usage.completion_tokens == 10
+    backend.close()
+
+
+def test_no_transformers_deprecation_logged(tiny_llama_dir: Path, hf_settings: Settings,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """transformers also reports some deprecations through its logger, not warnings (#11)."""
+    caplog.set_level("WARNING", logger="transformers")
+    backend = make_gen(tiny_llama_dir, hf_settings)
+    run(backend, chat_req("a", max_tokens=4), chat_req("bb", max_tokens=6))
+    backend.close()
+    assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]

@@ -78,3 +78,9 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends holding nothing
         """Free the model (and its accelerator memory)."""
+
+    def generated_tokens(self) -> int | None:
+        """Output tokens produced since load, by finished lines and lines still in flight; None
+        where the backend cannot tell. The engine's throughput line uses it, so a busy engine
+        whose lines are all long does not log tokens/s=0 (see #11)."""
+        return None

@@ -165,6 +165,7 @@ class HFBackend(Backend):
         self._emb_waiting: list[tuple[_Line, int, list[int]]] = []
         self._batch: _Batch | None = None
         self._order = 0
+        self._generated = 0  # output tokens decoded since load (see generated_tokens)
         self._sampler = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
         logger.info("transformers model loaded model=%s path=%s task=%s device=%s dtype=%s threads=%d "
                     "batch=%d context=%d seconds=%.1f", spec.id, self.path, spec.task, self.device,
@@ -247,6 +248,9 @@ class HFBackend(Backend):
                 if row.line.req.key in gone:
                     row.done = True
             self._drop_done_rows()
+
+    def generated_tokens(self) -> int:
+        return self._generated
 
     def has_unfinished(self) -> bool:
         return bool(self._lines)
@@ -490,6 +494,7 @@ class HFBackend(Backend):
         """Append `tok` and decide, in vLLM's order: EOS, stop token ids, stop strings, length."""
         s = row.line.inp.sampling  # type: ignore[union-attr]
         row.out.append(tok)
+        self._generated += 1
         row.counts[tok] = row.counts.get(tok, 0) + 1
         n = len(row.out)
         if n >= s.min_tokens:

@@ -64,6 +64,9 @@ class EngineLoop:
             if backend.has_unfinished():
                 for result in backend.step():
                     self._emit(result, model)
+                generated = backend.generated_tokens()
+                if generated is not None:
+                    self.state.generated[model] = generated
         self._flush()
 
     # -- inbox ---------------------------------------------------------------------------------------

@@ -106,6 +106,7 @@ class EngineState:
     ledgers: dict[str, Ledger] = field(default_factory=dict)
     ended: set[str] = field(default_factory=set)
     stats: dict[str, Stats] = field(default_factory=lambda: defaultdict(Stats))
+    generated: dict[str, int] = field(default_factory=dict)  # model -> backend.generated_tokens()
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, ledger: Ledger) -> None:

@@ -113,6 +113,7 @@ class SimulatedBackend(Backend):
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._credit = 0.0
         self._last = time.monotonic()
+        self._finished_tokens = 0
 
     # -- the seam ------------------------------------------------------------------------------------
     def add(self, req: LineRequest) -> None:
@@ -125,6 +126,7 @@ class SimulatedBackend(Backend):
     def step(self) -> list[LineResult]:
         if self.tokens_per_second <= 0 and self.latency <= 0:
             done = [p.result for p in self._pending.values()]
+            self._finished_tokens += sum(p.tokens for p in self._pending.values())
             self._pending.clear()
             return done
         head = next(iter(self._pending.values()))
@@ -149,6 +151,7 @@ class SimulatedBackend(Backend):
                     break
                 self._credit -= p.tokens
             done.append(p.result)
+            self._finished_tokens += p.tokens
             del self._pending[key]
         if not self._pending:
             self._credit = 0.0
@@ -157,6 +160,11 @@ class SimulatedBackend(Backend):
     def abort(self, keys: Iterable[str]) -> None:
         for key in keys:
             self._pending.pop(key, None)
+
+    def generated_tokens(self) -> int:
+        """Tokens of finished lines, plus the paced credit the line at the head has earned so far."""
+        head = next(iter(self._pending.values()), None)
+        return self._finished_tokens + (int(min(self._credit, head.tokens)) if head is not None else 0)
 
     def has_unfinished(self) -> bool:
         return bool(self._pending)

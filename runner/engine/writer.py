@@ -32,7 +32,6 @@ from runner.wire import CANCELLED_MESSAGE, EXPIRED_MESSAGE, error_line, output_l
 
 logger = logging.getLogger(__name__)
 
-THROUGHPUT_LOG_INTERVAL = 10.0
 MAX_BATCH = 4096  # messages handled between two flushes
 _REASONS = {"cancelled": ("batch_cancelled", CANCELLED_MESSAGE), "expired": ("batch_expired", EXPIRED_MESSAGE)}
 
@@ -50,6 +49,7 @@ class Writer(threading.Thread):
         self.stop = stop
         self.error: BaseException | None = None
         self._last_log = time.monotonic()
+        self._generated_at_log: dict[str, int] = {}
 
     def run(self) -> None:
         try:
@@ -190,17 +190,25 @@ class Writer(threading.Thread):
         elapsed = now - self._last_log
         idle = all(s.lines == 0 for s in self.state.stats.values()) and not any(
             w.used for w in list(self.state.windows.values()))
+        generated = dict(self.state.generated)
         if idle:
             self._last_log = now  # an interval starts with the work, not with the idle time before it
+            self._generated_at_log = generated
             return
-        if elapsed < THROUGHPUT_LOG_INTERVAL:
+        if elapsed < self.settings.throughput_log_interval:
             return
         self._last_log = now
-        for model, stats in list(self.state.stats.items()):
+        for model in sorted(set(self.state.stats) | set(list(self.state.windows))):
+            stats = self.state.stats[model]
             window = self.state.windows.get(model)
             inflight = window.used if window is not None else 0
             if stats.lines == 0 and inflight == 0:
                 continue
+            tokens = stats.output_tokens
+            if model in generated:  # counts the tokens of lines still in flight too
+                before = self._generated_at_log.get(model, 0)
+                tokens = generated[model] - before if generated[model] >= before else generated[model]  # reloaded
             logger.info("throughput model=%s lines/s=%.1f tokens/s=%.1f in_flight=%d", model,
-                        stats.lines / elapsed, stats.output_tokens / elapsed, inflight)
+                        stats.lines / elapsed, tokens / elapsed, inflight)
             stats.lines = stats.output_tokens = 0
+        self._generated_at_log = generated

@@ -229,3 +229,24 @@ def test_new_batches_and_cancels_are_seen_without_the_full_poll(harness: Harness
     s = harness.wait_status(s["id"], "cancelled", timeout=20)
     out, err = check_exactly_once(harness, s, [x["custom_id"] for x in slow])
     assert out and any(r["error"] and r["error"]["code"] == "batch_cancelled" for r in err)
+
+
+def test_throughput_line_counts_tokens_of_lines_in_flight(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Lines that each take longer than a log interval: the throughput line must still show the
+    tokens being produced, not tokens/s=0.0 while the engine is busy (#11)."""
+    registry = parse_model_specs({"models": [
+        {"id": "slow", "backend": "simulated", "max_tokens": 64,
+         "engine_args": {"tokens_per_second": 40, "max_inflight": 4}}]})
+    settings = Settings(data_dir=str(tmp_path / "data"), engine=False, sweep_interval=3600.0,
+                        checkpoint_interval=0.05, poll_interval=0.05, throughput_log_interval=0.2)
+    caplog.set_level("INFO", logger="runner.engine.writer")
+    with TestClient(create_app(settings, registry)) as client:
+        h = Harness(client, settings, registry)
+        b = h.submit([chat_line(i, model="slow", max_tokens=64) for i in range(3)])
+        h.start_engine()
+        h.wait_status(b["id"], "completed", timeout=60)
+        h.stop_engine()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("throughput model=slow")]
+    busy = [x for x in lines if "lines/s=0.0" in x and "in_flight=0" not in x]
+    assert busy, lines  # intervals in which no line finished but lines were in flight
+    assert all("tokens/s=0.0" not in x for x in busy), busy
