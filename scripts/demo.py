@@ -1,5 +1,8 @@
 """The main job on a fresh machine: start `runner serve` on the default models.yaml (CPU, SmolLM2),
-upload examples/sample_batch.jsonl with the official openai client, run it, print the answers."""
+upload examples/sample_batch.jsonl with the official openai client, run it, print the answers.
+
+The server's log goes to <data dir>/demo-server.log (printed at the start). The first run converts
+SmolLM2's GGUF once into <data dir>/models; the demo says so only on a run that does it."""
 
 from __future__ import annotations
 
@@ -9,13 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import orjson
 from openai import OpenAI
+
+from runner.errors import ConfigError
+from runner.model_specs import load_model_specs
+from runner.preflight import preflight
+from runner.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,8 +41,20 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=900.0)
     args = ap.parse_args()
 
+    # The checks `runner serve` runs at start; their notes say whether this run converts the model.
+    try:
+        settings = load_settings({"data_dir": args.data_dir, "models_path": args.models})
+        notes = preflight(settings, load_model_specs(args.models))
+    except ConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}")
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="runner-demo-", suffix=".log", delete=False)
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    log_path = Path(args.data_dir) / "demo-server.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the server writes it until the finally below
+    print(f"server log: {log_path}")
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     server = subprocess.Popen(
         [sys.executable, "-m", "runner", "serve", "--port", str(port), "--data-dir", args.data_dir,
@@ -52,8 +71,8 @@ def main() -> int:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                print(Path(log.name).read_text(), file=sys.stderr)
-                print("runner serve did not start", file=sys.stderr)
+                print(log_path.read_text(), file=sys.stderr)
+                print(f"runner serve did not start; server log: {log_path}", file=sys.stderr)
                 return 1
             time.sleep(0.2)
         client = OpenAI(base_url=base + "/v1", api_key="local")
@@ -61,7 +80,7 @@ def main() -> int:
             upload = client.files.create(file=f, purpose="batch")
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
-        print(f"batch {batch.id} created; the first run converts the model once (about 30 s)")
+        print(f"batch {batch.id} created")
         started = time.monotonic()
         last = ""
         while batch.status not in ("completed", "failed", "expired", "cancelled"):
@@ -72,12 +91,16 @@ def main() -> int:
             if line != last:
                 print(line, flush=True)
                 last = line
+            failing = [e for e in (batch.errors.data if batch.errors else []) if e.code == "model_load_failed"]
+            if failing:  # the server keeps retrying; a demo stops and says why
+                print(f"{failing[0].message}\nserver log: {log_path}", file=sys.stderr)
+                return 1
             if time.monotonic() - started > args.timeout:
-                print("timed out; server log: " + log.name, file=sys.stderr)
+                print(f"timed out; server log: {log_path}", file=sys.stderr)
                 return 1
         print(f"batch {batch.status} in {time.monotonic() - started:.1f} s; usage: {batch.usage}")
         if batch.status != "completed":
-            print(batch.errors, file=sys.stderr)
+            print(f"{batch.errors}\nserver log: {log_path}", file=sys.stderr)
             return 1
         for raw in client.files.content(batch.output_file_id).text.splitlines():
             row = orjson.loads(raw)
@@ -94,6 +117,7 @@ def main() -> int:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+        log.close()
 
 
 if __name__ == "__main__":
