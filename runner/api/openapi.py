@@ -127,7 +127,15 @@ SCHEMAS: dict[str, Any] = {
     "ModelConfigList": _closed({"active_models": {"type": "array", "items": _ref("ModelConfig")}}),
     "Model": _closed({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR}),
     "ModelList": _closed({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}),
-    "Health": {"type": "object", "properties": {"status": STR, "engine": _nullable({"type": "object"})},
+    "Health": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},
+        "engine": _nullable({"type": "object"}),
+        "models": {"type": "object", "description": "What the engine reported per model: state (loaded | "
+                   "load_failed), error, attempts (failed loads in a row), retry_at (unix time).",
+                   "additionalProperties": {"type": "object", "properties": {
+                       "state": {"type": "string", "enum": ["loaded", "load_failed"]},
+                       "error": _nullable(STR), "attempts": {"type": "integer"},
+                       "retry_at": _nullable({"type": "number"})}}}},
                "required": ["status"]},
 }
 
