@@ -18,7 +18,7 @@ from collections.abc import Callable
 from runner.engine.backend import Backend, LineRequest, LineResult
 from runner.engine.messages import Abort, Close, EngineState, Feed, Load, LoadFailure, Result, Results
 from runner.engine.window import Window
-from runner.errors import LineError, openai_error_body
+from runner.errors import EngineDead, LineError, openai_error_body
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
 
@@ -98,6 +98,10 @@ class EngineLoop:
             backend.add(req)
         except LineError as exc:
             self._emit(LineResult(req.key, exc.status, exc.body()), model)
+        except EngineDead:
+            # The engine is gone, not the line: no row. The loop ends, the process exits, the
+            # supervisor restarts it, and the line is fed again from the checkpoint (see #12).
+            raise
         except Exception:
             logger.exception("backend.add failed key=%s", req.key)
             body = openai_error_body("The engine failed to run this request.", "server_error", None,

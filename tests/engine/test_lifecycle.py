@@ -250,3 +250,38 @@ def test_throughput_line_counts_tokens_of_lines_in_flight(tmp_path: Path, caplog
     busy = [x for x in lines if "lines/s=0.0" in x and "in_flight=0" not in x]
     assert busy, lines  # intervals in which no line finished but lines were in flight
     assert all("tokens/s=0.0" not in x for x in busy), busy
+
+
+@pytest.mark.parametrize("where", ["add", "step"])
+def test_engine_death_is_never_a_line_error(harness: Harness, settings: Settings, where: str) -> None:
+    """EngineDead from add() or step() ends the engine (its process exits and is restarted); the
+    lines it held are run again by the next engine. No 500 row, every custom_id once (#12)."""
+    from runner.engine.simulated import SimulatedBackend
+    from runner.errors import EngineDead
+
+    class Dying(SimulatedBackend):
+        calls = 0
+
+        def add(self, req):  # type: ignore[no-untyped-def]
+            Dying.calls += 1
+            if where == "add" and Dying.calls == 25:
+                raise EngineDead("EngineCore died")
+            super().add(req)
+
+        def step(self):  # type: ignore[no-untyped-def]
+            if where == "step" and Dying.calls >= 25:
+                raise EngineDead("EngineCore died")
+            return super().step()
+
+    lines = _slow(60)
+    b = harness.submit(lines)
+    first = Engine(settings, harness.registry, backend_factory=lambda spec, s: Dying(spec, s)).start()
+    assert first._thread is not None
+    first._thread.join(30)
+    assert isinstance(first.error, EngineDead)
+    mid = harness.batch(b["id"])
+    assert mid["status"] == "in_progress" and mid["request_counts"]["failed"] == 0
+    harness.start_engine()  # what the supervisor does after the process exits
+    b = harness.wait_status(b["id"], "completed")
+    out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    assert len(out) == 60 and not err
