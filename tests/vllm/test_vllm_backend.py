@@ -1,6 +1,6 @@
-"""VllmBackend through the real vLLM engine on a tiny dummy-weight Llama (GPU only).
+"""VllmBackend through the real vLLM engine on a tiny dummy-weight Llama (CUDA or CPU).
 
-Skipped without CUDA + vllm. Every test runs in a fresh process (gpu_helpers.run_fresh). Dummy
+Skipped where vLLM does not import. Every test runs in a fresh process (vllm_helpers.run_fresh). Dummy
 weights give garbage text, so the tests assert on counts, indices, finish reasons, usage and
 shapes, and use `ignore_eos` with fixed `max_tokens` where lengths matter.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from gpu_helpers import BACKEND_PRELUDE, make_tiny_llama, run_fresh, skip_unless_gpu_vllm
+from vllm_helpers import BACKEND_PRELUDE, DEVICE, make_tiny_llama, run_fresh, skip_unless_vllm
 
-skip_unless_gpu_vllm()
-pytestmark = pytest.mark.gpu
+skip_unless_vllm()
+pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +132,40 @@ print(json.dumps([r[f"b:{i}"].body["choices"][0] for i in range(4)]))
         assert isinstance(json.loads(choice["message"]["content"])["ok"], bool)
 
 
+def test_seed_logprobs_and_json_object(tiny: str) -> None:
+    res = _child(
+        tiny,
+        """
+b = make(PATH)
+msgs = [{"role": "user", "content": "Hello"}]
+sampled = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 1.0, "ignore_eos": True}
+r = run(b, [
+    line("s:1", "/v1/completions", dict(sampled, seed=7)),
+    line("s:2", "/v1/completions", dict(sampled, seed=7)),
+    line("lp:c", "/v1/completions", dict(sampled, seed=1, logprobs=2)),
+    line("lp:chat", "/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 5, "ignore_eos": True,
+                                             "logprobs": True, "top_logprobs": 2}),
+    line("json", "/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 48,
+                                          "response_format": {"type": "json_object"},
+                                          "structured_outputs": {"disable_any_whitespace": True}}),
+])
+b.close()
+print(json.dumps({k: v.body for k, v in r.items()}))
+""",
+    )
+    assert res["s:1"]["choices"][0]["text"] == res["s:2"]["choices"][0]["text"]  # same seed, same text
+    lp = res["lp:c"]["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == 8
+    assert all(len(top) <= 3 for top in lp["top_logprobs"])  # the 2 best plus the sampled token
+    content = res["lp:chat"]["choices"][0]["logprobs"]["content"]
+    assert len(content) == 5 and all(len(t["top_logprobs"]) == 2 for t in content)
+    choice = res["json"]["choices"][0]
+    if choice["finish_reason"] == "stop":  # random weights may run out of tokens mid-object
+        assert isinstance(json.loads(choice["message"]["content"]), dict)
+    else:
+        assert choice["message"]["content"].lstrip().startswith("{")
+
+
 def test_bad_bodies_are_line_errors(tiny: str) -> None:
     res = _child(
         tiny,
@@ -204,32 +238,39 @@ print(json.dumps({k: v.body for k, v in r.items()}))
     assert isinstance(res["e:2"]["data"][0]["embedding"], str) and res["e:2"]["usage"]["prompt_tokens"] == 3
 
 
-def test_model_switch_returns_gpu_memory(tiny: str) -> None:
+def test_model_switch_returns_memory(tiny: str) -> None:
+    """close() gives the memory back (GPU memory on CUDA, host memory on the CPU) and leaves no
+    vLLM process behind, so a switch to the next model starts from where the first began."""
     res = _child(
         tiny,
         """
-import gc, torch
-free0, total = torch.cuda.mem_get_info()
+import gc, time
+free0 = free_memory()
 gen = make(PATH)
-free_loaded, _ = torch.cuda.mem_get_info()
+free_loaded, kids_loaded = free_memory(), descendants()
 run(gen, [line("b:1", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 4})])
-gen.close(); del gen; gc.collect()
-free_after_gen, _ = torch.cuda.mem_get_info()
+gen.close(); del gen; gc.collect(); time.sleep(1)
+free_after_gen, kids_after_gen = free_memory(), descendants()
 emb = make(PATH, task="embed", convert="embed")
 r = run(emb, [line("e:1", "/v1/embeddings", {"model": "tiny", "input": "Hello"})])
-emb.close(); del emb; gc.collect()
-free_after_emb, _ = torch.cuda.mem_get_info()
-print(json.dumps({"total": total, "free0": free0, "loaded": free_loaded, "after_gen": free_after_gen,
-                  "after_emb": free_after_emb, "emb_status": r["e:1"].status_code}))
+emb.close(); del emb; gc.collect(); time.sleep(1)
+free_after_emb, kids_after_emb = free_memory(), descendants()
+print(json.dumps({"free0": free0, "loaded": free_loaded, "after_gen": free_after_gen, "after_emb": free_after_emb,
+                  "kids_loaded": kids_loaded, "kids_after": kids_after_gen + kids_after_emb,
+                  "emb_status": r["e:1"].status_code}))
 """,
     )
-    gib = 1 << 30
-    assert res["free0"] - res["loaded"] > 0.1 * res["total"], "the engine did not take its memory share"
-    assert res["after_gen"] > res["free0"] - gib, res
-    assert res["after_emb"] > res["free0"] - gib, res
+    mib = 1 << 20
+    assert res["free0"] - res["loaded"] > 100 * mib, f"the engine took no memory: {res}"
+    assert res["after_gen"] > res["free0"] - 1024 * mib, res
+    assert res["after_emb"] > res["free0"] - 1024 * mib, res
     assert res["emb_status"] == 200
+    if DEVICE == "cpu":
+        assert res["kids_loaded"], "vLLM ran no EngineCore process"  # V1 runs it in a child
+    assert res["kids_after"] == [], f"vLLM processes left after close(): {res['kids_after']}"
 
 
+@pytest.mark.skipif(DEVICE != "cuda", reason="sleep mode frees accelerator memory; not checked on the CPU")
 def test_sleep_and_wake(tiny: str) -> None:
     res = _child(
         tiny,
