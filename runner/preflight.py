@@ -62,8 +62,15 @@ def check_data_dir(path: Path) -> None:
         ) from exc
 
 
+def module_installed(name: str) -> bool:
+    """An installed module or package, not a same-named folder on sys.path (a namespace package
+    such as tests/vllm would otherwise pass for vLLM)."""
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin is not None
+
+
 def _installed(kind: str) -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in _MODULES[kind])
+    return all(module_installed(m) for m in _MODULES[kind])
 
 
 def check_model(spec: ModelSpec, settings: Settings) -> str | None:
@@ -74,7 +81,7 @@ def check_model(spec: ModelSpec, settings: Settings) -> str | None:
         if not (_installed("vllm") or _installed("transformers")):
             raise ConfigError(f"model {spec.id!r}: backend auto needs vLLM or transformers: {_INSTALL['transformers']}")
     elif not _installed(kind):
-        missing = [m for m in _MODULES[kind] if importlib.util.find_spec(m) is None]
+        missing = [m for m in _MODULES[kind] if not module_installed(m)]
         raise ConfigError(f"model {spec.id!r}: backend {kind} needs {', '.join(missing)}: {_INSTALL[kind]}")
     assert spec.path is not None  # model_specs requires a path for every backend but simulated
     try:

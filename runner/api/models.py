@@ -38,5 +38,5 @@ async def health(request: Request) -> Response:
     # What the engine reported about its models; a model that fails to load makes the server
     # "degraded" (still 200: it serves the API, and other models run).
     models = await run_in_threadpool(svc.model_states.all)
-    status = "degraded" if any(m["state"] == "load_failed" for m in models.values()) else "ok"
+    status = "degraded" if any(m["state"] != "loaded" for m in models.values()) else "ok"
     return OrjsonResponse({"status": status, "engine": engine, "models": models})

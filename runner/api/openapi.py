@@ -133,7 +133,7 @@ SCHEMAS: dict[str, Any] = {
         "models": {"type": "object", "description": "What the engine reported per model: state (loaded | "
                    "load_failed), error, attempts (failed loads in a row), retry_at (unix time).",
                    "additionalProperties": {"type": "object", "properties": {
-                       "state": {"type": "string", "enum": ["loaded", "load_failed"]},
+                       "state": {"type": "string", "enum": ["loaded", "load_failed", "stopped"]},
                        "error": _nullable(STR), "attempts": {"type": "integer"},
                        "retry_at": _nullable({"type": "number"})}}}},
                "required": ["status"]},

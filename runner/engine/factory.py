@@ -14,6 +14,7 @@ import importlib.util
 from runner.engine.backend import Backend
 from runner.errors import ConfigError
 from runner.model_specs import BACKENDS, ModelSpec
+from runner.preflight import module_installed
 from runner.settings import Settings
 
 
@@ -27,7 +28,7 @@ def resolve_backend(spec: ModelSpec, settings: Settings) -> str:
 
 
 def _vllm_usable() -> bool:
-    if importlib.util.find_spec("vllm") is None or importlib.util.find_spec("torch") is None:
+    if not (module_installed("vllm") and module_installed("torch")):
         return False
     torch = importlib.import_module("torch")  # only when vllm is there: torch is slow to import
     if torch.cuda.is_available():

@@ -120,6 +120,7 @@ class Feeder(threading.Thread):
         self.models = ModelStates(store.db)
         self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
         self.reported: dict[str, tuple[str, int]] = {}  # model -> what ModelStates last got
+        self.rewound: dict[str, float] = {}  # model -> the stop (LoadFailure.at) its batches were re-read for
 
     def run(self) -> None:
         try:
@@ -233,6 +234,14 @@ class Feeder(threading.Thread):
         for model, failure in failures.items():
             if model not in current:
                 current[model] = ("load_failed", failure.attempts)
+        for model, failure in failures.items():
+            if failure.code == "model_unhealthy" and self.rewound.get(model) != failure.at:
+                # The loop dropped this model's in-flight lines: read its batches again from the
+                # writer's record of written lines (the next poll re-opens them; a line written
+                # meanwhile is dropped as a duplicate by the ledger).
+                self.rewound[model] = failure.at
+                for bid in [b for b, f in self.feeds.items() if f.model == model]:
+                    del self.feeds[bid]
         for model, what in current.items():
             if self.reported.get(model) == what:
                 continue
@@ -241,12 +250,14 @@ class Feeder(threading.Thread):
             else:
                 failure = failures[model]
                 wait = max(0.0, failure.retry_at - now_mono)
-                notice = {"code": "model_load_failed", "param": "model", "line": None,
-                          "message": f"The model {model!r} failed to load (attempt {failure.attempts}): "
-                                     f"{failure.error}. Retrying in {wait:.0f} s; the batch waits in_progress "
-                                     "until the model loads, the batch is cancelled, or it expires."}
+                what_failed = "failed to load" if failure.code == "model_load_failed" else "was stopped"
+                notice = {"code": failure.code, "param": "model", "line": None,
+                          "message": f"The model {model!r} {what_failed} (attempt {failure.attempts}): "
+                                     f"{failure.error.rstrip('.')}. Retrying in {wait:.0f} s; the batch waits "
+                                     "in_progress until the model loads, the batch is cancelled, or it expires."}
                 self.models.load_failed(model, notice, error=failure.error, attempts=failure.attempts,
-                                        retry_at=now + wait, now=now)
+                                        retry_at=now + wait, now=now,
+                                        state="load_failed" if failure.code == "model_load_failed" else "stopped")
             self.reported[model] = what
         for model in [m for m in self.reported if m not in current]:
             self.models.unloaded(model)

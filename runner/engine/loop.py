@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MAX_DRAIN = 4096  # messages taken per turn, so a full inbox never starves step()
 IDLE_WAIT = 0.05  # seconds an idle loop waits on its inbox before it looks at the stop flag again
 MAX_LOAD_ERROR = 500  # characters of a load error kept: it is shown on every waiting Batch and in /health
+# 5xx rows in a row after which a model is stopped (unloaded, its batches held, reloaded after a
+# backoff): a model that fails every request must not turn a whole batch into 500 rows (see #12).
+MAX_5XX_RUN = 16
 
 
 class EngineLoop:
@@ -45,6 +48,8 @@ class EngineLoop:
         self.by_batch: dict[str, set[str]] = {}
         self.pending: list[Result] = []  # finished lines not yet handed to the writer
         self.freed: dict[str, int] = {}  # model -> window slots to give back with them
+        self.bad_run: dict[str, int] = {}  # model -> 5xx rows in a row
+        self.stopped: set[str] = set()  # models stopped for a run of 5xx rows, until they load again
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -89,6 +94,8 @@ class EngineLoop:
                 return
 
     def _add(self, req: LineRequest, model: str) -> None:
+        if model in self.stopped:
+            return  # fed before the stop reached the feeder: it feeds the line again after the reload
         self.inflight[req.key] = (req.batch_id, req.line, req.custom_id, model)
         self.by_batch.setdefault(req.batch_id, set()).add(req.key)
         backend = self.backends.get(model)
@@ -102,9 +109,10 @@ class EngineLoop:
             # The engine is gone, not the line: no row. The loop ends, the process exits, the
             # supervisor restarts it, and the line is fed again from the checkpoint (see #12).
             raise
-        except Exception:
+        except Exception as exc:
             logger.exception("backend.add failed key=%s", req.key)
-            body = openai_error_body("The engine failed to run this request.", "server_error", None,
+            detail = f"{type(exc).__name__}: {exc}"[:MAX_LOAD_ERROR]
+            body = openai_error_body(f"The engine failed to run this request ({detail})", "server_error", None,
                                      "internal_error")
             self._emit(LineResult(req.key, 500, body), model)
 
@@ -145,6 +153,7 @@ class EngineLoop:
             self.state.load_errors[spec.id] = LoadFailure(error, attempts, now, now + delay)
             return
         self.state.load_errors.pop(spec.id, None)
+        self.stopped.discard(spec.id)
         self.backends[spec.id] = backend
         self.slots[spec.task] = spec.id
         window = self.settings.max_inflight or backend.default_max_inflight
@@ -174,6 +183,41 @@ class EngineLoop:
                 del self.by_batch[batch_id]
         self.freed[model] = self.freed.get(model, 0) + 1
         self.pending.append(Result(batch_id, line, custom_id, model, result))
+        if result.status_code >= 500:
+            run = self.bad_run[model] = self.bad_run.get(model, 0) + 1
+            if run >= MAX_5XX_RUN:
+                self._stop_model(model, result)
+        elif model in self.bad_run:
+            del self.bad_run[model]
+
+    def _stop_model(self, model: str, last: LineResult) -> None:
+        """Stop feeding a model whose last MAX_5XX_RUN rows were all 5xx: drop its in-flight lines
+        (no row: the feeder reads its batches again after the reload), unload it, and let the
+        feeder retry it after a backoff, as for a failed load; the reason goes on its batches."""
+        run = self.bad_run.pop(model, 0)
+        self._flush()  # the rows so far reach the writer first
+        keys = [k for k, meta in self.inflight.items() if meta[3] == model]
+        for key in keys:
+            batch_id = self.inflight.pop(key)[0]
+            held = self.by_batch.get(batch_id)
+            if held is not None:
+                held.discard(key)
+                if not held:
+                    del self.by_batch[batch_id]
+        backend = self.backends.get(model)
+        if backend is not None and keys:
+            backend.abort(keys)
+        error = last.body.get("error") if isinstance(last.body, dict) else None
+        message = str(error.get("message", "")) if isinstance(error, dict) else ""
+        prev = self.state.load_errors.get(model)
+        attempts = prev.attempts + 1 if prev is not None else 1
+        delay = min(self.settings.model_load_retry_max_delay, 2.0 ** attempts)
+        now = time.monotonic()
+        reason = f"{run} requests in a row failed; the last: {message}"[:MAX_LOAD_ERROR]
+        logger.error("model stopped model=%s failed_in_a_row=%d retry_in=%.1fs", model, run, delay)
+        self.stopped.add(model)
+        self.state.load_errors[model] = LoadFailure(reason, attempts, now, now + delay, code="model_unhealthy")
+        self._unload(model)
 
     def _flush(self) -> None:
         """Hand the finished lines to the writer, then free their window slots."""

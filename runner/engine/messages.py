@@ -95,6 +95,9 @@ class LoadFailure:
     attempts: int  # failed loads in a row
     at: float  # time.monotonic() of the failure
     retry_at: float  # time.monotonic() from which the feeder may ask again
+    # model_load_failed: the load raised; model_unhealthy: the loop stopped a loaded model after a
+    # run of 5xx rows (its in-flight lines are fed again once it loads)
+    code: str = "model_load_failed"
 
 
 @dataclass

@@ -36,15 +36,16 @@ class ModelStates:
             conn.execute("DELETE FROM model_states WHERE model = ? AND state = 'loaded'", (model,))
 
     def load_failed(self, model: str, notice: dict[str, Any], *, error: str, attempts: int, retry_at: float,
-                    now: float) -> None:
-        """Record the failure, and put `notice` (one Batch `errors` entry) on the model's running batches."""
+                    now: float, state: str = "load_failed") -> None:
+        """Record the failure (`state` load_failed, or stopped after a run of 5xx rows), and put
+        `notice` (one Batch `errors` entry) on the model's running batches."""
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO model_states (model, state, error, attempts, retry_at, updated_at)"
-                " VALUES (?, 'load_failed', ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
-                " state = 'load_failed', error = excluded.error, attempts = excluded.attempts,"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE SET"
+                " state = excluded.state, error = excluded.error, attempts = excluded.attempts,"
                 " retry_at = excluded.retry_at, updated_at = excluded.updated_at",
-                (model, error, attempts, retry_at, now),
+                (model, state, error, attempts, retry_at, now),
             )
             conn.execute("UPDATE batches SET errors = ? WHERE model = ? AND status = 'in_progress'",
                          (orjson.dumps([notice]).decode(), model))

@@ -56,7 +56,7 @@ CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
 -- What the engine reports about the models it was asked to load (version 2); /health shows it.
 CREATE TABLE IF NOT EXISTS model_states (
     model       TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,      -- loaded | load_failed
+    state       TEXT NOT NULL,      -- loaded | load_failed | stopped
     error       TEXT,               -- the last load error (bounded)
     attempts    INTEGER NOT NULL DEFAULT 0,   -- failed loads in a row
     retry_at    REAL,               -- unix time of the next load attempt

@@ -285,3 +285,44 @@ def test_engine_death_is_never_a_line_error(harness: Harness, settings: Settings
     b = harness.wait_status(b["id"], "completed")
     out, err = check_exactly_once(harness, b, [x["custom_id"] for x in lines])
     assert len(out) == 60 and not err
+
+
+def test_a_run_of_5xx_rows_stops_the_model_then_it_resumes(tmp_path: Path) -> None:
+    """A model that fails every request is stopped after MAX_5XX_RUN 500 rows, not allowed to turn
+    the whole batch into 500s: the batch waits in_progress with the reason, the model is reloaded
+    after a backoff, and the rest of the batch runs exactly once (#12)."""
+    from runner.engine.loop import MAX_5XX_RUN
+    from runner.engine.simulated import SimulatedBackend
+
+    class Wedged(SimulatedBackend):
+        """Fails every request until `healed`; the stand-in for a wedged model stack."""
+
+        healed = False
+
+        def add(self, req):  # type: ignore[no-untyped-def]
+            if not Wedged.healed:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            super().add(req)
+
+    registry = parse_model_specs({"models": [
+        {"id": "m", "backend": "simulated", "max_tokens": 8, "engine_args": {"max_inflight": 8}}]})
+    settings = Settings(data_dir=str(tmp_path / "data"), engine=False, sweep_interval=3600.0,
+                        checkpoint_interval=0.05, poll_interval=0.05, model_load_retry_max_delay=0.3)
+    with TestClient(create_app(settings, registry)) as client:
+        h = Harness(client, settings, registry)
+        lines = [chat_line(i, model="m") for i in range(200)]
+        b = h.submit(lines)
+        h.engine = Engine(settings, registry, backend_factory=lambda spec, s: Wedged(spec, s)).start()
+        b = h.wait(b["id"], lambda b: b["errors"] is not None)
+        assert b["status"] == "in_progress" and b["errors"]["data"][0]["code"] == "model_unhealthy"
+        assert "illegal memory access" in b["errors"]["data"][0]["message"]
+        time.sleep(1.0)  # retried meanwhile (and stopped again): the failures stay bounded
+        failed = h.batch(b["id"])["request_counts"]["failed"]
+        assert MAX_5XX_RUN <= failed < 200
+        assert client.get("/health").json()["models"]["m"]["state"] == "stopped"
+        Wedged.healed = True
+        b = h.wait_status(b["id"], "completed")
+        out, err = check_exactly_once(h, b, [x["custom_id"] for x in lines])
+        assert len(err) == b["request_counts"]["failed"] and len(out) == 200 - len(err) and len(out) > 100
+        assert all(r["response"]["status_code"] == 500 for r in err) and b["errors"] is None
+        h.stop_engine()

@@ -113,23 +113,32 @@ print(json.dumps({"text": text, "stop": stop, "out": out}))
 
 
 def test_structured_output_json_schema(tiny: str) -> None:
+    """OpenAI's response_format, and vLLM's own structured_outputs (which can also forbid free
+    whitespace, so random weights cannot fill max_tokens with spaces: every such answer ends)."""
     res = _child(
         tiny,
         """
 b = make(PATH)
 schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
           "additionalProperties": False}
-r = run(b, [line(f"b:{i}", "/v1/chat/completions", {
-    "model": "tiny", "messages": [{"role": "user", "content": "json please"}], "max_tokens": 64,
-    "structured_outputs": {"disable_any_whitespace": True},
-    "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}}) for i in range(4)])
+msgs = [{"role": "user", "content": "json please"}]
+r = run(b, [line(f"rf:{i}", "/v1/chat/completions", {
+    "model": "tiny", "messages": msgs, "max_tokens": 64,
+    "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}}) for i in range(2)]
+  + [line(f"so:{i}", "/v1/chat/completions", {
+    "model": "tiny", "messages": msgs, "max_tokens": 64,
+    "structured_outputs": {"json": schema, "disable_any_whitespace": True}}) for i in range(2)])
 b.close()
-print(json.dumps([r[f"b:{i}"].body["choices"][0] for i in range(4)]))
+print(json.dumps({k: v.body["choices"][0] for k, v in r.items()}))
 """,
     )
-    for choice in res:
-        assert choice["finish_reason"] == "stop", choice
-        assert isinstance(json.loads(choice["message"]["content"])["ok"], bool)
+    for key, choice in res.items():
+        text = choice["message"]["content"]
+        if key.startswith("so:") or choice["finish_reason"] == "stop":
+            assert choice["finish_reason"] == "stop", choice
+            assert isinstance(json.loads(text)["ok"], bool)
+        else:  # free whitespace may run out of tokens first; what came is the schema's start
+            assert text.lstrip() == "" or text.lstrip().startswith("{"), choice
 
 
 def test_seed_logprobs_and_json_object(tiny: str) -> None:
@@ -146,8 +155,7 @@ r = run(b, [
     line("lp:chat", "/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 5, "ignore_eos": True,
                                              "logprobs": True, "top_logprobs": 2}),
     line("json", "/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 48,
-                                          "response_format": {"type": "json_object"},
-                                          "structured_outputs": {"disable_any_whitespace": True}}),
+                                          "response_format": {"type": "json_object"}}),
 ])
 b.close()
 print(json.dumps({k: v.body for k, v in r.items()}))
@@ -163,7 +171,7 @@ print(json.dumps({k: v.body for k, v in r.items()}))
     if choice["finish_reason"] == "stop":  # random weights may run out of tokens mid-object
         assert isinstance(json.loads(choice["message"]["content"]), dict)
     else:
-        assert choice["message"]["content"].lstrip().startswith("{")
+        assert choice["message"]["content"].lstrip() in ("",) or choice["message"]["content"].lstrip()[0] == "{"
 
 
 def test_bad_bodies_are_line_errors(tiny: str) -> None:
@@ -247,22 +255,28 @@ def test_model_switch_returns_memory(tiny: str) -> None:
 import gc, time
 free0 = free_memory()
 gen = make(PATH)
-free_loaded, kids_loaded = free_memory(), descendants()
+free_loaded, kids_loaded = free_memory(), vllm_processes()
 run(gen, [line("b:1", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 4})])
 gen.close(); del gen; gc.collect(); time.sleep(1)
-free_after_gen, kids_after_gen = free_memory(), descendants()
+free_after_gen, kids_after_gen = free_memory(), vllm_processes()
+gen2 = make(PATH, max_model_len=256)  # a second generation model in the same slot
+run(gen2, [line("b:2", "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 4})])
+gen2.close(); del gen2; gc.collect(); time.sleep(1)
+free_after_gen2, kids_after_gen2 = free_memory(), vllm_processes()
 emb = make(PATH, task="embed", convert="embed")
 r = run(emb, [line("e:1", "/v1/embeddings", {"model": "tiny", "input": "Hello"})])
 emb.close(); del emb; gc.collect(); time.sleep(1)
-free_after_emb, kids_after_emb = free_memory(), descendants()
+free_after_emb, kids_after_emb = free_memory(), vllm_processes()
 print(json.dumps({"free0": free0, "loaded": free_loaded, "after_gen": free_after_gen, "after_emb": free_after_emb,
-                  "kids_loaded": kids_loaded, "kids_after": kids_after_gen + kids_after_emb,
+                  "after_gen2": free_after_gen2, "kids_loaded": kids_loaded,
+                  "kids_after": kids_after_gen + kids_after_gen2 + kids_after_emb,
                   "emb_status": r["e:1"].status_code}))
 """,
     )
     mib = 1 << 20
     assert res["free0"] - res["loaded"] > 100 * mib, f"the engine took no memory: {res}"
     assert res["after_gen"] > res["free0"] - 1024 * mib, res
+    assert res["after_gen2"] > res["free0"] - 1024 * mib, res
     assert res["after_emb"] > res["free0"] - 1024 * mib, res
     assert res["emb_status"] == 200
     if DEVICE == "cpu":

@@ -20,13 +20,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from vllm_helpers import REPO, TINY_ENGINE_ARGS, child_env, descendants, make_tiny_llama, skip_unless_vllm
+from vllm_helpers import DEVICE, REPO, TINY_ENGINE_ARGS, child_env, descendants, make_tiny_llama, skip_unless_vllm
 
 skip_unless_vllm()
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 KEY = "sk-vllm-test"
 LOAD_TIMEOUT = 420.0
+# The CPU runs a few hundred tokens/s: smaller batches there, the same checks.
+SCALE = 0.25 if DEVICE == "cpu" else 1.0
+
+
+def _n(full: int) -> int:
+    return max(8, int(full * SCALE))
 
 
 def _free_port() -> int:
@@ -198,11 +204,14 @@ def test_chat_completions_embeddings_end_to_end(server: Server) -> None:
     for row in server.rows(b["output_file_id"]):
         body = row["response"]["body"]
         assert body["object"] == "list" and len(body["data"]) == 2 and len(body["data"][0]["embedding"]) == 256
+    # one generation and one embedding model, resident side by side (one slot per task)
+    models = server.client.get("/health").json()["models"]
+    assert {m: v["state"] for m, v in models.items()} == {"tiny-chat": "loaded", "tiny-embed": "loaded"}
 
 
 def test_cancel_mid_run_writes_every_line_once(server: Server) -> None:
-    n = 400
-    cid = server.submit([_chat(i, max_tokens=256, ignore_eos=True) for i in range(n)], "/v1/chat/completions")
+    n = _n(400)
+    cid = server.submit([_chat(i, max_tokens=_n(256), ignore_eos=True) for i in range(n)], "/v1/chat/completions")
     deadline = time.monotonic() + LOAD_TIMEOUT
     while server.batch(cid)["request_counts"]["completed"] == 0:
         assert time.monotonic() < deadline, server.log_tail()
@@ -225,8 +234,8 @@ def _alive(pid: int) -> bool:
 def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Server) -> None:
     """kill -9 of the engine alone, mid-run: its EngineCore (and any worker) dies with it, the
     supervisor starts a new engine, and the batch finishes with every line exactly once (#12)."""
-    n = 200
-    cid = server.submit([_chat(i, max_tokens=64, ignore_eos=True) for i in range(n)], "/v1/chat/completions")
+    n = _n(200)
+    cid = server.submit([_chat(i, max_tokens=_n(64), ignore_eos=True) for i in range(n)], "/v1/chat/completions")
     deadline = time.monotonic() + LOAD_TIMEOUT
     while server.batch(cid)["request_counts"]["completed"] < 5:
         assert time.monotonic() < deadline, server.log_tail()
@@ -246,8 +255,8 @@ def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Se
 
 
 def test_crash_and_resume_keeps_exactly_once(server: Server) -> None:
-    n = 300
-    cid = server.submit([_chat(i, max_tokens=128, ignore_eos=True) for i in range(n)], "/v1/chat/completions")
+    n = _n(300)
+    cid = server.submit([_chat(i, max_tokens=_n(128), ignore_eos=True) for i in range(n)], "/v1/chat/completions")
     deadline = time.monotonic() + LOAD_TIMEOUT
     while server.batch(cid)["request_counts"]["completed"] < 5:
         assert time.monotonic() < deadline, server.log_tail()
