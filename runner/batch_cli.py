@@ -28,10 +28,10 @@ from typing import IO, Any
 import orjson
 
 from runner.engine.backend import Backend, LineRequest, LineResult
-from runner.errors import ConfigError, LineError
+from runner.errors import ConfigError, LineError, endpoint_mismatch
 from runner.ids import new_line_id, new_request_id
 from runner.jsonl import iter_lines
-from runner.model_specs import ModelRegistry, ModelSpec, load_model_specs, parse_model_specs
+from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry, ModelSpec, load_model_specs, parse_model_specs
 from runner.settings import load_settings
 from runner.wire import output_line
 
@@ -313,9 +313,11 @@ def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argpars
                 hint = " (name it with --served-model-name)" if args.model else ""
                 problem = LineError(f"The model {_echo(body.get('model'))} does not exist; this run serves "
                                     f"{served}{hint}.", status=404, param="model", code="model_not_found")
-            elif not isinstance(url, str) or not spec.serves(url):
-                problem = LineError(f"The url {url!r} is not served by model {spec.id!r}.", param="url",
-                                    code="invalid_url")
+            elif not isinstance(url, str) or url not in SUPPORTED_ENDPOINTS:
+                problem = LineError(f"The url {_echo(url)} is not a batch endpoint (one of "
+                                    f"{', '.join(SUPPORTED_ENDPOINTS)}).", param="url", code="invalid_url")
+            elif not spec.serves(url):
+                problem = endpoint_mismatch(spec.id, url, spec.endpoints)
         if problem is not None or spec is None or not isinstance(url, str) or not isinstance(body, dict):
             assert problem is not None
             emit(cid, problem.status, problem.body())

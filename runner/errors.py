@@ -149,6 +149,20 @@ class LineError(RunnerError):
         return openai_error_body(self.message, self.type, self.param, self.code)
 
 
+MODEL_ENDPOINT_MISMATCH = "model_endpoint_mismatch"
+
+
+def endpoint_mismatch_message(model: str, endpoint: str, serves: tuple[str, ...]) -> str:
+    return f"The model {model!r} does not serve {endpoint} (it serves {', '.join(serves)})."
+
+
+def endpoint_mismatch(model: str, endpoint: str, serves: tuple[str, ...]) -> LineError:
+    """The one error for "this model does not serve this endpoint", whichever path finds it:
+    validation, `runner run`, or any backend (it had four codes before, see #12)."""
+    return LineError(endpoint_mismatch_message(model, endpoint, serves), status=400, param="model",
+                     code=MODEL_ENDPOINT_MISMATCH)
+
+
 class EngineDead(RunnerError):
     """The backend or engine process died. Recoverable: batches stay in_progress and resume."""
 

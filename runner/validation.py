@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from runner.errors import MODEL_ENDPOINT_MISMATCH, endpoint_mismatch_message
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
 
@@ -135,8 +136,7 @@ def validate_batch_file(
                       f"{', '.join(models.ids)}.", line=lineno, param="body.model")
                 continue
             if not spec.serves(endpoint):
-                c.add("model_endpoint_mismatch",
-                      f"The model {model!r} does not serve {endpoint} (it serves {', '.join(spec.endpoints)}).",
+                c.add(MODEL_ENDPOINT_MISMATCH, endpoint_mismatch_message(model, endpoint, spec.endpoints),
                       line=lineno, param="body.model")
             if first_model is None:
                 first_model = (model, lineno)

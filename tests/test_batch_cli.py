@@ -61,6 +61,7 @@ def test_run_writes_every_line_once_with_errors_in_output(tmp_path: Path, models
     assert by_id["bad-model"]["response"]["status_code"] == 404
     assert by_id["bad-n"]["response"]["status_code"] == 400
     assert by_id["wrong-url"]["response"]["status_code"] == 400
+    assert by_id["wrong-url"]["response"]["body"]["error"]["code"] == "model_endpoint_mismatch"
     assert by_id["r0"]["response"]["body"]["object"] == "chat.completion"
     assert by_id["r0"]["id"].startswith("batch_req_")
 

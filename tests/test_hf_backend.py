@@ -236,7 +236,7 @@ def test_bad_lines_raise_line_error(gen: HFBackend, body: dict[str, Any], param:
 def test_wrong_endpoint_and_token_ids_out_of_vocab(gen: HFBackend) -> None:
     with pytest.raises(LineError) as ei:
         gen.add(req(EMBD, {"model": "tiny", "input": "x"}))
-    assert ei.value.param == "url"
+    assert (ei.value.code, ei.value.param) == ("model_endpoint_mismatch", "model")  # one code, every path
     with pytest.raises(LineError) as ei:
         gen.add(req(COMP, {"model": "tiny", "prompt": [10**6]}))
     assert ei.value.param == "prompt"

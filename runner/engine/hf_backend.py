@@ -52,7 +52,7 @@ from runner.engine.responses import (
     embedding_body,
     usage_of,
 )
-from runner.errors import ConfigError, LineError
+from runner.errors import ConfigError, LineError, endpoint_mismatch
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
 
@@ -175,8 +175,7 @@ class HFBackend(Backend):
 
     def add(self, req: LineRequest) -> None:
         if not self.spec.serves(req.endpoint):
-            raise LineError(f"Model {self.spec.id!r} does not serve {req.endpoint}.", status=400,
-                            code="model_not_supported", param="url")
+            raise endpoint_mismatch(self.spec.id, req.endpoint, self.spec.endpoints)
         inp = parse_line(req.endpoint, req.body, self.spec)
         check_supported(inp, SUPPORTED, "transformers")
         line = _Line(req, inp, self._order)

@@ -34,7 +34,7 @@ from runner.engine.responses import (
     embedding_body,
     usage_of,
 )
-from runner.errors import LineError
+from runner.errors import endpoint_mismatch
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
 
@@ -172,8 +172,7 @@ class SimulatedBackend(Backend):
     # -- requests -> bodies (parsing and shapes shared with the transformers backend) ----------------
     def _run(self, req: LineRequest) -> LineResult:
         if req.endpoint not in self.spec.endpoints:
-            raise LineError(f"The model {self.spec.id!r} does not serve {req.endpoint}.", param="model",
-                            code="model_endpoint_mismatch")
+            raise endpoint_mismatch(self.spec.id, req.endpoint, self.spec.endpoints)
         inp = parse_line(req.endpoint, req.body, self.spec)
         rid = hashlib.blake2b(req.key.encode(), digest_size=16).hexdigest()
         body: dict[str, Any]

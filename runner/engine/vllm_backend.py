@@ -45,7 +45,7 @@ from runner.engine.vllm_convert import (
     format_validation_errors,
     random_id,
 )
-from runner.errors import ConfigError, EngineDead, LineError
+from runner.errors import ConfigError, EngineDead, LineError, endpoint_mismatch
 from runner.model_specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class VllmBackend(Backend):
 
     def _require(self, task: str, endpoint: str) -> None:
         if self.spec.task != task:
-            raise LineError(f"model {self.spec.id} does not serve {endpoint}", status=400)
+            raise endpoint_mismatch(self.spec.id, endpoint, self.spec.endpoints)
 
     def _batch_body(self, body: dict[str, Any]) -> dict[str, Any]:
         # A batch line has no stream to write to: run it as a non-streaming request.

@@ -191,7 +191,7 @@ for key, endpoint, body in [
         b.add(line(key, endpoint, body))
         errors[key] = None
     except LineError as e:
-        errors[key] = [e.status, e.message]
+        errors[key] = [e.status, e.message, e.code]
 assert not b.has_unfinished()
 b.close()
 print(json.dumps(errors))
@@ -199,6 +199,7 @@ print(json.dumps(errors))
     )
     for key, err in res.items():
         assert err is not None and err[0] == 400 and err[1], key
+    assert res["embed-on-gen"][2] == "model_endpoint_mismatch"  # the same code as validation's
 
 
 def test_cancel_mid_run(tiny: str) -> None:
