@@ -142,15 +142,9 @@ class EngineLoop:
         try:
             backend = self.make_backend(spec, self.settings)
         except Exception as exc:
-            prev = self.state.load_errors.get(spec.id)
-            attempts = prev.attempts + 1 if prev is not None else 1
-            delay = min(self.settings.model_load_retry_max_delay, 2.0 ** attempts)
-            now = time.monotonic()
-            error = f"{type(exc).__name__}: {exc}"
-            if len(error) > MAX_LOAD_ERROR:
-                error = error[:MAX_LOAD_ERROR] + "..."
-            logger.exception("model load failed model=%s attempt=%d retry_in=%.1fs", spec.id, attempts, delay)
-            self.state.load_errors[spec.id] = LoadFailure(error, attempts, now, now + delay)
+            failure = self._fail(spec.id, f"{type(exc).__name__}: {exc}", "model_load_failed")
+            logger.exception("model load failed model=%s attempt=%d retry_at=+%.1fs", spec.id, failure.attempts,
+                             failure.retry_at - failure.at)
             return
         self.state.load_errors.pop(spec.id, None)
         self.stopped.discard(spec.id)
@@ -209,15 +203,22 @@ class EngineLoop:
             backend.abort(keys)
         error = last.body.get("error") if isinstance(last.body, dict) else None
         message = str(error.get("message", "")) if isinstance(error, dict) else ""
+        failure = self._fail(model, f"{run} requests in a row failed; the last: {message}", "model_unhealthy")
+        logger.error("model stopped model=%s failed_in_a_row=%d retry_at=+%.1fs", model, run,
+                     failure.retry_at - failure.at)
+        self.stopped.add(model)
+        self._unload(model)
+
+    def _fail(self, model: str, error: str, code: str) -> LoadFailure:
+        """Record a failed load (or a stop) for the feeder: it asks again after a doubling backoff."""
         prev = self.state.load_errors.get(model)
         attempts = prev.attempts + 1 if prev is not None else 1
         delay = min(self.settings.model_load_retry_max_delay, 2.0 ** attempts)
+        if len(error) > MAX_LOAD_ERROR:
+            error = error[:MAX_LOAD_ERROR] + "..."
         now = time.monotonic()
-        reason = f"{run} requests in a row failed; the last: {message}"[:MAX_LOAD_ERROR]
-        logger.error("model stopped model=%s failed_in_a_row=%d retry_in=%.1fs", model, run, delay)
-        self.stopped.add(model)
-        self.state.load_errors[model] = LoadFailure(reason, attempts, now, now + delay, code="model_unhealthy")
-        self._unload(model)
+        failure = self.state.load_errors[model] = LoadFailure(error, attempts, now, now + delay, code=code)
+        return failure
 
     def _flush(self) -> None:
         """Hand the finished lines to the writer, then free their window slots."""

@@ -231,15 +231,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Server) -> None:
-    """kill -9 of the engine alone, mid-run: its EngineCore (and any worker) dies with it, the
-    supervisor starts a new engine, and the batch finishes with every line exactly once (#12)."""
-    n = _n(200)
-    cid = server.submit([_chat(i, max_tokens=_n(64), ignore_eos=True) for i in range(n)], "/v1/chat/completions")
+def _running_batch(server: Server, n: int, max_tokens: int) -> str:
+    """A batch of n long chat lines, returned once 5 of them are written (so it is mid-run)."""
+    cid = server.submit([_chat(i, max_tokens=max_tokens, ignore_eos=True) for i in range(n)], "/v1/chat/completions")
     deadline = time.monotonic() + LOAD_TIMEOUT
     while server.batch(cid)["request_counts"]["completed"] < 5:
         assert time.monotonic() < deadline, server.log_tail()
         time.sleep(0.2)
+    return cid
+
+
+def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Server) -> None:
+    """kill -9 of the engine alone, mid-run: its EngineCore (and any worker) dies with it, the
+    supervisor starts a new engine, and the batch finishes with every line exactly once (#12)."""
+    n = _n(200)
+    cid = _running_batch(server, n, _n(64))
     engine = server.client.get("/health").json()["engine"]["pid"]
     children = descendants(engine)
     assert children, "vLLM runs its EngineCore in a child process of the engine"
@@ -256,12 +262,10 @@ def test_engine_kill_leaves_no_vllm_process_and_finishes_exactly_once(server: Se
 
 def test_crash_and_resume_keeps_exactly_once(server: Server) -> None:
     n = _n(300)
-    cid = server.submit([_chat(i, max_tokens=_n(128), ignore_eos=True) for i in range(n)], "/v1/chat/completions")
-    deadline = time.monotonic() + LOAD_TIMEOUT
-    while server.batch(cid)["request_counts"]["completed"] < 5:
-        assert time.monotonic() < deadline, server.log_tail()
-        time.sleep(0.2)
-    server.kill()  # mid-run, no warning: API, engine and EngineCore all die
+    cid = _running_batch(server, n, _n(128))
+    # mid-run, no warning: the API's group dies; the kernel kills the engine (PDEATHSIG) and the
+    # engine's reaper its EngineCore
+    server.kill()
     server.start()
     b = server.wait(cid, ("completed", "failed"))
     assert b["status"] == "completed", b
