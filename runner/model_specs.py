@@ -78,7 +78,8 @@ class ModelRegistry:
         return tuple(s.id for s in self.specs)
 
 
-def _looks_like_local(path: str) -> bool:
+def looks_local(path: str) -> bool:
+    """A path on this machine (absolute, relative, ~ or a .gguf file), not a hub id."""
     return path.startswith(("/", "./", "../", "~")) or path.endswith(".gguf")
 
 
@@ -119,7 +120,7 @@ def parse_model_specs(data: Any, *, base_dir: Path | None = None, source: str = 
         if path is not None:
             if not isinstance(path, str) or not path:
                 raise ConfigError(f"{where}: 'path' must be a string")
-            if _looks_like_local(path):
+            if looks_local(path):
                 local = Path(path).expanduser()
                 if not local.is_absolute() and base_dir is not None:
                     local = base_dir / local

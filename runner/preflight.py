@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.engine.model_files import locate
 from runner.errors import ConfigError
-from runner.model_specs import ModelRegistry, ModelSpec
+from runner.model_specs import ModelRegistry, ModelSpec, looks_local
 from runner.settings import Settings, is_loopback
 
 _INSTALL = {
@@ -88,7 +88,7 @@ def check_model(spec: ModelSpec, settings: Settings) -> str | None:
         where = locate(spec.path, settings.model_cache_dir, model_id=spec.id)
     except ConfigError:
         # vLLM downloads a hub id it cannot find locally (where there is a network); transformers never does.
-        if kind == "vllm" and not spec.path.startswith(("/", ".", "~")) and not spec.path.endswith(".gguf"):
+        if kind == "vllm" and not looks_local(spec.path):
             return f"model {spec.id!r}: {spec.path!r} is not available offline; vLLM will try to download it"
         raise
     if where.needs_conversion:

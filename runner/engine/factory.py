@@ -10,7 +10,6 @@ are imported lazily, only for the backend actually chosen.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 
 from runner.engine.backend import Backend
 from runner.errors import ConfigError
