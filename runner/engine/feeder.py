@@ -1,8 +1,10 @@
 """Feeder: in_progress batches' pending input lines -> Feed messages for the loop.
 
-Runs in its own thread and owns the reads: it polls BatchStore.active(), opens a batch's Ledger (the
-restart protocol: cut files back to the checkpoint, rebuild the set of written lines), and reads input
-lines lazily through runner/jsonl.py, skipping lines already written. It also turns the batch
+Runs in its own thread and owns the reads: it polls the Source's active batches (sources.py: the
+server's store, or the one file of `runner run`), opens a batch's Ledger (the restart protocol: cut
+files back to the checkpoint, rebuild the set of written lines), and reads input lines lazily
+through runner/jsonl.py, skipping lines already written. A batch whose lines name several models
+(only `runner run` allows that) gets one feed per model, each reading the lines routed to it. It also turns the batch
 statuses into work: cancelling -> Abort("cancelled"), expires_at passed -> Abort("expired"),
 finalizing (left by a crash) -> Check.
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -35,14 +36,14 @@ from dataclasses import dataclass
 import orjson
 
 from runner.engine.backend import LineRequest, LineResult
-from runner.engine.ledger import Ledger, LineSet, Totals
+from runner.engine.ledger import Ledger, LineSet
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
+from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
 from runner.engine.window import Window
 from runner.errors import LineError
 from runner.jsonl import iter_lines
 from runner.model_specs import ModelRegistry, ModelSpec
 from runner.settings import Settings
-from runner.store import BatchStore, ModelStates
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class BadLine:
 
 @dataclass
 class BatchFeed:
-    """Reading position in one in_progress batch."""
+    """Reading position in one in_progress batch (in its lines for one model, if it has several)."""
 
     batch_id: str
     seq: int
@@ -72,6 +73,7 @@ class BatchFeed:
     endpoint: str
     lines: Iterator[tuple[int, bytes | None]]
     done: LineSet  # lines written before this feed opened (a restart); the writer owns the live set
+    route: Route | None = None  # None: every line is this feed's
     exhausted: bool = False
 
     def next_request(self) -> LineRequest | BadLine | None:
@@ -88,6 +90,14 @@ class BatchFeed:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.error("unreadable input line skipped batch=%s line=%d", self.batch_id, lineno)
                 continue
+            if self.route is not None:
+                where = self.route(obj)
+                if isinstance(where, LineError):
+                    if self.model:
+                        continue  # the feed of the lines that cannot run writes its row
+                    return BadLine(lineno, cid, where)
+                if where != self.model:
+                    continue  # another model's feed runs it
             body = obj.get("body")
             if not isinstance(body, dict):
                 return BadLine(lineno, cid, LineError("'body' must be a JSON object.", param="body"))
@@ -100,24 +110,24 @@ class BatchFeed:
 class Feeder(threading.Thread):
     """Polls the store, opens batches, feeds lines round-robin, decides model loads."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, store: BatchStore, state: EngineState,
+    def __init__(self, settings: Settings, registry: ModelRegistry, source: Source, state: EngineState,
                  inbox: queue.Queue[object], outbox: queue.Queue[object], stop: threading.Event) -> None:
         super().__init__(name="engine-feeder", daemon=True)
         self.settings = settings
         self.registry = registry
-        self.store = store
+        self.source = source
         self.state = state
         self.inbox = inbox
         self.outbox = outbox
         self.stop = stop
-        self.feeds: dict[str, BatchFeed] = {}
+        self.feeds: dict[str, BatchFeed] = {}  # feed key (the batch id, or batch id + model) -> feed
         self.closing: set[str] = set()
         self.slots: dict[str, str] = {}  # task -> model asked of the loop
         self.draining: dict[str, str] = {}  # task -> model no longer fed, waiting for its window
         self.loaded_at: dict[str, float] = {}
         self.full: Window | None = None  # a window the last pass found full
         self.error: BaseException | None = None
-        self.models = ModelStates(store.db)
+        self.models = source.models
         self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
         self.reported: dict[str, tuple[str, int]] = {}  # model -> what ModelStates last got
         self.rewound: dict[str, float] = {}  # model -> the stop (LoadFailure.at) its batches were re-read for
@@ -133,7 +143,7 @@ class Feeder(threading.Thread):
                 now = time.monotonic()
                 changed = False
                 if now >= next_check:
-                    changed, version = self.store.changed_since(version)
+                    changed, version = self.source.changed_since(version)
                     next_check = now + CHANGE_CHECK
                 if changed or now >= next_poll:
                     self.poll()
@@ -152,67 +162,76 @@ class Feeder(threading.Thread):
 
     # -- statuses ------------------------------------------------------------------------------------
     def poll(self) -> None:
-        rows = self.store.active()
-        active = {row["id"] for row in rows}
+        infos = self.source.active()
+        active = {info.id for info in infos}
         self.closing &= active
         now = time.time()
-        for row in rows:
-            bid = row["id"]
+        for info in infos:
+            bid = info.id
             if bid in self.state.ended or bid in self.closing:
                 continue
-            status = row["status"]
-            if status == "finalizing":
+            if info.status == "finalizing":
                 self.closing.add(bid)
                 self.outbox.put(Check(bid))
                 continue
             reason = None
-            if status == "cancelling":
+            if info.status == "cancelling":
                 reason = "cancelled"
-            elif row["expires_at"] is not None and row["expires_at"] <= now:
+            elif info.expires_at is not None and info.expires_at <= now:
                 reason = "expired"
             if reason is not None:
                 self.closing.add(bid)
-                if self.feeds.pop(bid, None) is not None:
+                if self._drop(bid):
                     self.inbox.put(Abort(bid, reason))  # the loop forwards the Close
                 else:
-                    if row["output_file_id"] is not None:
-                        self._open_ledger(row)
+                    if info.has_files:
+                        self._open_ledger(bid)
                     self.outbox.put(Close(bid, reason))
                 continue
-            if bid not in self.feeds:
-                self._open(row)
-        for bid in [b for b in self.feeds if b in self.state.ended]:
-            del self.feeds[bid]
+            self._open(info)
+        for key in [k for k, f in self.feeds.items() if f.batch_id in self.state.ended]:
+            del self.feeds[key]
 
-    def _open_ledger(self, row: sqlite3.Row) -> Ledger:
-        ledger = self.state.ledger(row["id"])
+    def _drop(self, batch_id: str) -> bool:
+        """Stop reading the batch; True if any of its feeds was open."""
+        keys = [k for k, f in self.feeds.items() if f.batch_id == batch_id]
+        for key in keys:
+            del self.feeds[key]
+        return bool(keys)
+
+    def _open_ledger(self, batch_id: str) -> Ledger | None:
+        ledger = self.state.ledger(batch_id)
         if ledger is not None:
             return ledger
-        files = self.store.files
-        out_size, err_size = self.store.durable_sizes(row["id"])
-        totals = Totals(input_tokens=row["input_tokens"], cached_tokens=row["cached_tokens"],
-                        output_tokens=row["output_tokens"], reasoning_tokens=row["reasoning_tokens"])
-        ledger = Ledger(batch_id=row["id"], model=row["model"] or "", total=int(row["total"]),
-                        input_path=files.path_of(row["input_file_id"]),
-                        output_path=files.path_of(row["output_file_id"]),
-                        error_path=files.path_of(row["error_file_id"]), durable=(out_size, err_size),
-                        totals=totals, max_line_bytes=self.settings.max_line_bytes)
+        ledger = self.source.open_ledger(batch_id, self.settings.max_line_bytes)
+        if ledger is None:
+            return None
         self.state.register(ledger)
         if ledger.done:
-            logger.info("batch resumed batch=%s written=%d total=%d", row["id"], len(ledger.done), ledger.total)
+            logger.info("batch resumed batch=%s written=%d total=%d", batch_id, len(ledger.done), ledger.total)
         return ledger
 
-    def _open(self, row: sqlite3.Row) -> None:
-        ledger = self._open_ledger(row)
-        model = row["model"] or ""
-        feed = BatchFeed(batch_id=row["id"], seq=int(row["seq"]), model=model, spec=self.registry.get(model),
-                         endpoint=row["endpoint"],
-                         lines=iter_lines(ledger.input_path, self.settings.max_line_bytes),
-                         done=ledger.done.copy())
-        self.feeds[row["id"]] = feed
-        if model in self.state.load_errors:
-            self.reported.pop(model, None)  # report again, so the new batch gets the notice too
-        self.outbox.put(Check(row["id"]))  # a batch whose lines were all written before a crash ends now
+    @staticmethod
+    def _key(batch_id: str, plan: FeedPlan) -> str:
+        return batch_id if plan.route is None else f"{batch_id}\x00{plan.model}"
+
+    def _open(self, info: BatchInfo) -> None:
+        """Open the batch's feeds not open yet (all of them, or those a stopped model dropped)."""
+        plans = [p for p in self.source.feeds(info) if self._key(info.id, p) not in self.feeds]
+        if not plans:
+            return
+        ledger = self._open_ledger(info.id)
+        if ledger is None:
+            return
+        for plan in plans:
+            self.feeds[self._key(info.id, plan)] = BatchFeed(
+                batch_id=info.id, seq=info.seq, model=plan.model,
+                spec=self.registry.get(plan.model) if plan.model else None, endpoint=info.endpoint,
+                lines=iter_lines(ledger.input_path, self.settings.max_line_bytes), done=ledger.done.copy(),
+                route=plan.route)
+            if plan.model in self.state.load_errors:
+                self.reported.pop(plan.model, None)  # report again, so the new batch gets the notice too
+        self.outbox.put(Check(info.id))  # a batch whose lines were all written before a crash ends now
 
     # -- models --------------------------------------------------------------------------------------
     def _runnable(self, feed: BatchFeed) -> bool:
@@ -240,8 +259,8 @@ class Feeder(threading.Thread):
                 # writer's record of written lines (the next poll re-opens them; a line written
                 # meanwhile is dropped as a duplicate by the ledger).
                 self.rewound[model] = failure.at
-                for bid in [b for b, f in self.feeds.items() if f.model == model]:
-                    del self.feeds[bid]
+                for key in [k for k, f in self.feeds.items() if f.model == model]:
+                    del self.feeds[key]
         for model, what in current.items():
             if self.reported.get(model) == what:
                 continue

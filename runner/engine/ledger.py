@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
@@ -69,11 +69,15 @@ class LineSet:
     def copy(self) -> LineSet:
         return LineSet(bytes(self._bits))
 
+    def to_bytes(self) -> bytes:
+        return bytes(self._bits)
 
-def _scan(path: Path, size: int, written: set[str]) -> int:
-    """Add the custom_ids of the first `size` bytes of a JSONL file to `written`; return the row
-    count. Streams line by line, so a restart of a big batch does not hold its output in memory."""
-    rows = 0
+
+def _scan(path: Path, size: int, written: set[str], *, merged: bool = False) -> tuple[int, int]:
+    """Add the custom_ids of the first `size` bytes of a JSONL file to `written`; return the
+    (ok, error) row counts (all ok unless `merged`: error rows share the output file). Streams line
+    by line, so a restart of a big batch does not hold its output in memory."""
+    ok = bad = 0
     left = size
     with open(path, "rb", buffering=1024 * 1024) as f:
         while left > 0:
@@ -84,14 +88,24 @@ def _scan(path: Path, size: int, written: set[str]) -> int:
             if not raw.strip():
                 continue
             try:
-                cid = orjson.loads(raw)["custom_id"]
+                row = orjson.loads(raw)
+                cid = row["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 logger.warning("unreadable row skipped while rebuilding the written lines path=%s", path)
                 continue
-            if cid not in written:
-                written.add(cid)
-                rows += 1
-    return rows
+            if cid in written:
+                continue
+            written.add(cid)
+            if merged and not _is_ok(row):
+                bad += 1
+            else:
+                ok += 1
+    return ok, bad
+
+
+def _is_ok(row: Any) -> bool:
+    response = row.get("response") if isinstance(row, dict) else None
+    return isinstance(response, dict) and response.get("status_code") == 200
 
 
 def _lines_of(input_path: Path, written: set[str], max_line_bytes: int) -> LineSet:
@@ -104,44 +118,77 @@ def _lines_of(input_path: Path, written: set[str], max_line_bytes: int) -> LineS
     return done
 
 
-def _cut(path: Path, size: int) -> int:
-    """Truncate to `size` (the checkpoint); return the size kept."""
+def _cut(path: Path, size: int | None) -> tuple[int, bool]:
+    """Truncate to `size` (the checkpoint; None: no checkpoint, keep every whole row); return the
+    size kept and whether the file held everything the checkpoint recorded."""
     path.touch(exist_ok=True)
     actual = path.stat().st_size
+    if size is None:
+        size = _whole_rows(path, actual)
     if actual > size:
         os.truncate(path, size)
-        return size
+        return size, True
     if actual < size:
         logger.warning("file shorter than its checkpoint path=%s size=%d recorded=%d", path, actual, size)
-    return actual
+        whole = _whole_rows(path, actual)  # never append a row onto a cut-off one
+        if whole < actual:
+            os.truncate(path, whole)
+        return whole, False
+    return actual, True
+
+
+def _whole_rows(path: Path, size: int) -> int:
+    """The length of the file's prefix that ends with a newline (a torn last row is not counted)."""
+    if size == 0:
+        return 0
+    with open(path, "rb") as f:
+        pos = size
+        while pos > 0:
+            step = min(64 * 1024, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                return pos - step + nl + 1
+            pos -= step
+    return 0
 
 
 class Ledger:
     """Append-only writer of one batch's rows, with the exactly-once check."""
 
     def __init__(self, *, batch_id: str, model: str, total: int, input_path: Path, output_path: Path,
-                 error_path: Path, durable: tuple[int, int], totals: Totals,
-                 max_line_bytes: int = 16 * 1024 * 1024) -> None:
+                 error_path: Path | None, durable: tuple[int | None, int | None], totals: Totals,
+                 max_line_bytes: int = 16 * 1024 * 1024, resume: LineSet | None = None) -> None:
+        """`error_path` None: error rows go into the output file (`runner run` without --errors).
+        `durable` None: no checkpoint (keep every whole row). `resume`: the written lines as the
+        checkpoint recorded them (with `totals` counted); else they are rebuilt from the rows kept."""
         self.batch_id = batch_id
         self.model = model
         self.total = total
         self.input_path = input_path
-        out_size = _cut(output_path, durable[0])
-        err_size = _cut(error_path, durable[1])
-        # Counts come from the rows kept; token usage from the checkpoint that recorded those rows.
-        # The custom_id set lives only while the restart maps it to line numbers.
-        written: set[str] = set()
-        totals.completed = _scan(output_path, out_size, written)
-        totals.failed = _scan(error_path, err_size, written)
-        self.done = _lines_of(input_path, written, max_line_bytes)
-        del written
+        self.merged = error_path is None
+        out_size, out_whole = _cut(output_path, durable[0])
+        err_size, err_whole = (0, True) if error_path is None else _cut(error_path, durable[1])
+        if resume is not None and out_whole and err_whole and None not in durable:
+            self.done = resume
+        else:
+            # Counts come from the rows kept; token usage from the checkpoint that recorded those
+            # rows. The custom_id set lives only while the restart maps it to line numbers.
+            written: set[str] = set()
+            ok, bad = _scan(output_path, out_size, written, merged=self.merged)
+            if error_path is not None:
+                bad += sum(_scan(error_path, err_size, written))
+            totals.completed, totals.failed = ok, bad
+            self.done = _lines_of(input_path, written, max_line_bytes)
+            del written
         self.totals = totals
         self.sizes = [out_size, err_size]
         self._synced = [-1, -1]  # sizes at the last fsync; -1: fsync on the first sync whatever the size
         # 1 MiB buffers: the writer flushes after each run of messages anyway, and each write()
         # syscall with the default 8 KiB buffer gave the GIL away mid-row (see messages.py).
-        self._files: list[IO[bytes]] = [open(output_path, "ab", buffering=_BUFFER),
-                                        open(error_path, "ab", buffering=_BUFFER)]
+        out = open(output_path, "ab", buffering=_BUFFER)  # noqa: SIM115 - closed by close()
+        self._files: list[IO[bytes]] = [out, out if error_path is None else open(error_path, "ab", buffering=_BUFFER)]
         self.dirty = True
         self.unflushed = False
         self.closed = False
@@ -156,7 +203,7 @@ class Ledger:
         if not self.done.add(line):
             logger.warning("duplicate result dropped batch=%s line=%d", self.batch_id, line)
             return False
-        which = 0 if ok else 1
+        which = 0 if ok or self.merged else 1
         self._files[which].write(row)
         self.sizes[which] += len(row)
         t = self.totals
@@ -181,7 +228,7 @@ class Ledger:
     def sync(self) -> Progress:
         """fsync the files that grew since the last sync, then describe what is durable. (The error
         file usually has no new rows: skipping its fsync halves the cost of most checkpoints.)"""
-        for i, f in enumerate(self._files):
+        for i, f in enumerate(self._files[:1] if self.merged else self._files):
             f.flush()
             if self.sizes[i] != self._synced[i]:
                 os.fsync(f.fileno())
@@ -197,4 +244,4 @@ class Ledger:
     def close(self) -> None:
         self.closed = True
         for f in self._files:
-            f.close()
+            f.close()  # closing the shared file twice (merged) is a no-op

@@ -23,34 +23,34 @@ from runner.engine.feeder import Feeder
 from runner.engine.lifeline import die_with_parent, start_reaper
 from runner.engine.loop import EngineLoop
 from runner.engine.messages import STOP, EngineState
+from runner.engine.sources import Source, StoreSource
 from runner.engine.writer import Writer
-from runner.errors import EngineDead
+from runner.errors import ConfigError, EngineDead
 from runner.log import configure_logging
 from runner.model_specs import ModelRegistry, ModelSpec, load_model_specs
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore
 
 logger = logging.getLogger(__name__)
 
 
 class Engine:
-    """One engine: feeder and writer threads around the loop."""
+    """One engine: feeder and writer threads around the loop, over one Source of batches (the
+    server's store by default; `runner run` passes a FileSource)."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry | None = None, *,
-                 backend_factory: Callable[[ModelSpec, Settings], Backend] = make_backend) -> None:
+                 backend_factory: Callable[[ModelSpec, Settings], Backend] = make_backend,
+                 source: Source | None = None) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else load_model_specs(settings.models_path)
-        self.db = Database(settings.db_path)
-        self.files = FileStore(self.db, settings.files_dir)
-        self.store = BatchStore(self.db, self.files)
+        self.source: Source = source if source is not None else StoreSource(settings)
         self.state = EngineState()
         self.stopping = threading.Event()
         self.inbox: queue.Queue[object] = queue.Queue()
         self.outbox: queue.Queue[object] = queue.Queue()
         self.loop = EngineLoop(settings, self.inbox, self.outbox, self.state, backend_factory)
-        self.feeder = Feeder(settings, self.registry, self.store, self.state, self.inbox, self.outbox,
+        self.feeder = Feeder(settings, self.registry, self.source, self.state, self.inbox, self.outbox,
                              self.stopping)
-        self.writer = Writer(settings, self.store, self.state, self.outbox, self.stopping)
+        self.writer = Writer(settings, self.source, self.state, self.outbox, self.stopping)
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -58,7 +58,7 @@ class Engine:
         """Run the loop on this thread until stop(); then drain the writer and checkpoint."""
         lock = self._lock()
         if lock is None:
-            self.db.close()
+            self.source.close()
             return
         try:
             self._run()
@@ -66,17 +66,22 @@ class Engine:
             lock.close()
 
     def _lock(self) -> IO[bytes] | None:
-        """One engine per data dir: a second one would write the same lines twice. The OS drops
-        the lock when its holder dies, even by SIGKILL."""
-        f = open(self.settings.data_path / "engine.lock", "ab")  # noqa: SIM115 - held while running
+        """One engine per data dir (or per `runner run` output): a second one would write the same
+        lines twice. The OS drops the lock when its holder dies, even by SIGKILL."""
+        path = self.source.lock_path
+        f = open(path, "ab")  # noqa: SIM115 - held while running
         waited = False
         while True:
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return f
             except BlockingIOError:
+                if not self.source.lock_wait:
+                    f.close()
+                    self.error = ConfigError(f"another runner is writing {path}")
+                    return None
                 if not waited:
-                    logger.warning("another engine holds %s/engine.lock; waiting", self.settings.data_dir)
+                    logger.warning("another engine holds %s; waiting", path)
                     waited = True
                 if self.stopping.wait(0.2):
                     f.close()
@@ -98,7 +103,7 @@ class Engine:
             logger.info("[shutdown] draining writer")
             self.outbox.put(STOP)
             self.writer.join()
-            self.db.close()
+            self.source.close()
             self.error = self.error or self.feeder.error or self.writer.error
             logger.info("[shutdown] engine stopped%s", " with an error" if self.error else "")
 

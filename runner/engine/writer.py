@@ -4,7 +4,8 @@ Runs in its own thread and owns the output files and every database write of the
 Result is appended at once (200 -> output file, anything else -> error file with the HTTP-style
 response, per the contract's section 2.5), unless its input line is already written. Every
 settings.checkpoint_interval seconds it fsyncs the files THEN records the Progress
-(BatchStore.checkpoint), so the database never points past durable bytes.
+(Source.checkpoint: the store's row, or `runner run`'s checkpoint file), so no checkpoint ever
+points past durable bytes.
 
 Endings: when completed + failed == total the batch goes in_progress -> finalizing -> completed
 (or cancelling -> cancelled if a cancel raced it). A Close writes every line not yet written as
@@ -23,11 +24,10 @@ import orjson
 
 from runner.engine.ledger import Ledger
 from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
-from runner.errors import Conflict
+from runner.engine.sources import Source
 from runner.ids import new_line_id, new_request_id
 from runner.jsonl import iter_custom_ids
 from runner.settings import Settings
-from runner.store import BatchStore
 from runner.wire import CANCELLED_MESSAGE, EXPIRED_MESSAGE, error_line, output_line
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,11 @@ _REASONS = {"cancelled": ("batch_cancelled", CANCELLED_MESSAGE), "expired": ("ba
 class Writer(threading.Thread):
     """Appends rows, checkpoints, ends batches; the engine's only writer of files and SQLite."""
 
-    def __init__(self, settings: Settings, store: BatchStore, state: EngineState,
+    def __init__(self, settings: Settings, source: Source, state: EngineState,
                  inbox: queue.Queue[object], stop: threading.Event) -> None:
         super().__init__(name="engine-writer", daemon=True)
         self.settings = settings
-        self.store = store
+        self.source = source
         self.state = state
         self.inbox = inbox
         self.stop = stop
@@ -139,8 +139,7 @@ class Writer(threading.Thread):
             if ledger.finished:
                 self._end(ledger, None)
             return
-        row = self.store.get_any(batch_id)
-        if row is not None and row["status"] == "finalizing":
+        if self.source.status(batch_id) == "finalizing":
             self._settle(batch_id, None)
             self.state.ended.add(batch_id)
 
@@ -148,10 +147,10 @@ class Writer(threading.Thread):
     def checkpoint_all(self) -> None:
         for ledger in self.state.open_ledgers():
             if ledger.dirty:
-                self.store.checkpoint(ledger.batch_id, ledger.sync())
+                self.source.checkpoint(ledger)
 
     def _end(self, ledger: Ledger, reason: str | None) -> None:
-        self.store.checkpoint(ledger.batch_id, ledger.sync())
+        self.source.checkpoint(ledger)
         status = self._settle(ledger.batch_id, reason)
         ledger.close()
         self.state.unregister(ledger.batch_id)
@@ -160,30 +159,7 @@ class Writer(threading.Thread):
                     t.completed, t.failed, ledger.total)
 
     def _settle(self, batch_id: str, reason: str | None) -> str:
-        """Move the batch to its terminal status from wherever it is now; retried if a cancel races."""
-        status = "?"
-        for _ in range(5):
-            row = self.store.get_any(batch_id)
-            if row is None:
-                return "gone"
-            status = row["status"]
-            now = int(time.time())
-            try:
-                if status == "in_progress" and reason == "expired":
-                    self.store.transition(batch_id, "expired", now)
-                elif status == "in_progress":
-                    self.store.transition(batch_id, "finalizing", now)
-                    self.store.transition(batch_id, "completed", now)
-                elif status == "finalizing":
-                    self.store.transition(batch_id, "completed", now)
-                elif status == "cancelling":
-                    self.store.transition(batch_id, "cancelled", now)
-                else:
-                    return status
-            except Conflict:
-                continue  # the status moved under us (a cancel): read it again
-        row = self.store.get_any(batch_id)
-        return row["status"] if row is not None else status
+        return self.source.settle(batch_id, reason)
 
     def _log_throughput(self) -> None:
         now = time.monotonic()

@@ -49,7 +49,7 @@ def test_cancel_mid_run(harness: Harness) -> None:
 
 def test_cancel_while_validating_ends_cancelled(harness: Harness, settings: Settings) -> None:
     engine = harness.start_engine()
-    store = engine.store
+    store = engine.source.store  # type: ignore[attr-defined]
     f = harness.client.post("/v1/files", data={"purpose": "batch"},
                             files={"file": ("x.jsonl", b'{"custom_id":"a"}\n')}).json()
     now = int(time.time())

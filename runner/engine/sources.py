@@ -1,0 +1,151 @@
+"""The engine's one seam to the outside: where batches' lines come from and where their rows go.
+
+The feeder, loop and writer are the same for `runner serve` and `runner run`; only the Source
+differs:
+- StoreSource: the batches of the server's SQLite store and its files (the API creates and
+  cancels them, /health reads the model states);
+- FileSource (file_source.py): one input JSONL and its output (and errors) JSONL, for `runner run`.
+
+A Source is read by the feeder (active batches, how their lines split over models, the ledger that
+resumes them, model states) and written by the writer (checkpoints and endings). It is one object,
+not a line source plus a row sink, because a resume needs both halves at once: the durable sizes
+a ledger cuts its files back to are whatever the last checkpoint recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from runner.engine.ledger import Ledger, Totals
+from runner.errors import Conflict, LineError
+from runner.settings import Settings
+from runner.store import BatchStore, Database, FileStore, ModelStates
+
+logger = logging.getLogger(__name__)
+
+# A parsed input line -> the id of the model it runs on, or the error row it gets instead.
+Route = Callable[[dict[str, Any]], "str | LineError"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """What the feeder needs to know about one active batch."""
+
+    id: str
+    seq: int  # age order: the oldest waiting batch's model is loaded first
+    status: str  # in_progress | cancelling | finalizing
+    model: str
+    endpoint: str
+    expires_at: float | None
+    has_files: bool  # its output and error files exist (not so for a batch cancelled while validating)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPlan:
+    """One feed of a batch: the lines that run on `model`, or (model "") the lines none can run."""
+
+    model: str
+    route: Route | None = None  # None: every line of the batch belongs to this feed
+
+
+class ModelReport(Protocol):
+    """Where the feeder reports each model's state (ModelStates for the server)."""
+
+    def reset(self) -> None: ...
+    def loaded(self, model: str, now: float) -> None: ...
+    def unloaded(self, model: str) -> None: ...
+    def load_failed(self, model: str, notice: dict[str, Any], *, error: str, attempts: int, retry_at: float,
+                    now: float, state: str = "load_failed") -> None: ...
+
+
+class Source(Protocol):
+    models: ModelReport
+    lock_path: Path  # one engine at a time writes these batches (flock, released when it dies)
+    lock_wait: bool  # wait for the lock (a server restarting) rather than give up (a second `runner run`)
+
+    def changed_since(self, version: int) -> tuple[bool, int]: ...
+    def active(self) -> list[BatchInfo]: ...
+    def feeds(self, info: BatchInfo) -> list[FeedPlan]: ...
+    def open_ledger(self, batch_id: str, max_line_bytes: int) -> Ledger | None: ...
+    def checkpoint(self, ledger: Ledger) -> None: ...
+    def settle(self, batch_id: str, reason: str | None) -> str: ...
+    def status(self, batch_id: str) -> str | None: ...
+    def close(self) -> None: ...
+
+
+class StoreSource:
+    """The server's batches: BatchStore rows, FileStore files, ModelStates for /health."""
+
+    lock_wait = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.db = Database(settings.db_path)
+        self.files = FileStore(self.db, settings.files_dir)
+        self.store = BatchStore(self.db, self.files)
+        self.models = ModelStates(self.db)
+        self.lock_path = settings.data_path / "engine.lock"
+
+    def changed_since(self, version: int) -> tuple[bool, int]:
+        return self.store.changed_since(version)
+
+    def active(self) -> list[BatchInfo]:
+        return [BatchInfo(id=r["id"], seq=int(r["seq"]), status=r["status"], model=r["model"] or "",
+                          endpoint=r["endpoint"], expires_at=r["expires_at"],
+                          has_files=r["output_file_id"] is not None) for r in self.store.active()]
+
+    def feeds(self, info: BatchInfo) -> list[FeedPlan]:
+        return [FeedPlan(info.model)]  # validation made every line name the batch's one model
+
+    def open_ledger(self, batch_id: str, max_line_bytes: int) -> Ledger | None:
+        row = self.store.get_any(batch_id)
+        if row is None or row["output_file_id"] is None:
+            return None
+        files = self.files
+        totals = Totals(input_tokens=row["input_tokens"], cached_tokens=row["cached_tokens"],
+                        output_tokens=row["output_tokens"], reasoning_tokens=row["reasoning_tokens"])
+        return Ledger(batch_id=batch_id, model=row["model"] or "", total=int(row["total"]),
+                      input_path=files.path_of(row["input_file_id"]),
+                      output_path=files.path_of(row["output_file_id"]),
+                      error_path=files.path_of(row["error_file_id"]),
+                      durable=self.store.durable_sizes(batch_id), totals=totals, max_line_bytes=max_line_bytes)
+
+    def checkpoint(self, ledger: Ledger) -> None:
+        self.store.checkpoint(ledger.batch_id, ledger.sync())  # fsync first, then record
+
+    def settle(self, batch_id: str, reason: str | None) -> str:
+        """Move the batch to its terminal status from wherever it is now; retried if a cancel races."""
+        status = "?"
+        for _ in range(5):
+            row = self.store.get_any(batch_id)
+            if row is None:
+                return "gone"
+            status = row["status"]
+            now = int(time.time())
+            try:
+                if status == "in_progress" and reason == "expired":
+                    self.store.transition(batch_id, "expired", now)
+                elif status == "in_progress":
+                    self.store.transition(batch_id, "finalizing", now)
+                    self.store.transition(batch_id, "completed", now)
+                elif status == "finalizing":
+                    self.store.transition(batch_id, "completed", now)
+                elif status == "cancelling":
+                    self.store.transition(batch_id, "cancelled", now)
+                else:
+                    return status
+            except Conflict:
+                continue  # the status moved under us (a cancel): read it again
+        row = self.store.get_any(batch_id)
+        return row["status"] if row is not None else status
+
+    def status(self, batch_id: str) -> str | None:
+        row = self.store.get_any(batch_id)
+        return row["status"] if row is not None else None
+
+    def close(self) -> None:
+        self.db.close()
