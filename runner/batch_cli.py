@@ -3,13 +3,15 @@
 A drop-in for `vllm run-batch`: it takes that command's flags (-i, -o, --model, --served-model-name
 and the engine flags it passes on, e.g. --max-model-len 4096 --gpu-memory-utilization 0.9, which go
 to the backend as engine_args) and, without --errors, writes error rows into the output file as
-vLLM does. Unlike run-batch it streams: each finished line is appended at once, memory stays flat
-(a bounded in-flight window), and running the same command again resumes: lines whose custom_id is
-already in the output (or errors) file are skipped.
+vLLM does. It runs the server's engine (engine/main.py) over a FileSource (engine/file_source.py):
+the same window, model switching, error rows, fsync-then-checkpoint and exactly-once resume.
+Each finished line is appended at once, memory stays flat, and running the same command again
+resumes from the checkpoint beside the output (`.OUT.jsonl.runner-checkpoint`).
 
 Per-line problems (unknown model, wrong url, a bad body) become error rows and the run goes on.
 Input that is not a batch file at all (a line that is not JSON, or has no custom_id) stops the run
-before any work, with exit code 2 naming the line.
+before any work, with exit code 2 naming the line. A model that fails to load ends the run with
+exit code 1 (what is written stays; the next run resumes). Ctrl-C stops it the same way (130).
 
 usage: runner run IN.jsonl -o OUT.jsonl [--errors ERR.jsonl] (--models models.yaml | --model PATH)
        (`-i IN.jsonl` works too). At the end one summary line goes to stderr: lines done, errors,
@@ -20,20 +22,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from types import FrameType
+from typing import Any
 
 import orjson
 
-from runner.engine.backend import Backend, LineRequest, LineResult
-from runner.errors import ConfigError, LineError, endpoint_mismatch
-from runner.ids import new_line_id, new_request_id
-from runner.jsonl import iter_lines
-from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry, ModelSpec, load_model_specs, parse_model_specs
-from runner.settings import load_settings
-from runner.wire import output_line
+from runner.engine.file_source import FileSource, InputScan
+from runner.engine.ledger import Totals
+from runner.errors import ConfigError
+from runner.log import configure_logging
+from runner.model_specs import ModelRegistry, load_model_specs, parse_model_specs
+from runner.settings import Settings, load_settings
 
 EXIT_BAD_INPUT = 2
 
@@ -106,32 +110,6 @@ def _coerce(value: str) -> Any:
     return value
 
 
-class InputScan:
-    """The pre-pass: every line is JSON with a custom_id (else exit 2), and which url/model it uses."""
-
-    def __init__(self, path: Path) -> None:
-        self.total = 0
-        self.ids: set[str] = set()
-        self.urls: set[str] = set()
-        self.models: set[str] = set()
-        for lineno, raw in iter_lines(path):
-            if raw is None:
-                raise ConfigError(f"{path}:{lineno}: line is too long")
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: not JSON ({exc}); is this a batch file?") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("custom_id"), str):
-                raise ConfigError(f"{path}:{lineno}: no string 'custom_id'; is this a batch file?")
-            self.total += 1
-            self.ids.add(obj["custom_id"])
-            if isinstance(obj.get("url"), str):
-                self.urls.add(obj["url"])
-            body = obj.get("body")
-            if isinstance(body, dict) and isinstance(body.get("model"), str):
-                self.models.add(body["model"])
-
-
 def _registry(args: argparse.Namespace, scan: InputScan, engine_args: dict[str, Any]) -> ModelRegistry:
     if args.model:
         task = args.task or ("embed" if scan.urls == {"/v1/embeddings"} else "generate")
@@ -151,45 +129,27 @@ def _registry(args: argparse.Namespace, scan: InputScan, engine_args: dict[str, 
     return registry
 
 
-def _read_done(path: Path) -> set[str]:
-    """custom_ids already in an output/errors file; a torn last line (a crash mid-write) is cut off."""
-    done: set[str] = set()
-    if not path.exists():
-        return done
-    with open(path, "rb+") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            f.truncate(end)
-        for raw in data[:end].splitlines():
-            if raw.strip():
-                done.add(orjson.loads(raw)["custom_id"])
-    return done
-
-
-MAX_ECHO = 100  # characters of a client's value echoed in an error message
-
-
-def _echo(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "...'"
-
-
 class Progress:
+    """The run's progress line (on a terminal, or with RUNNER_PROGRESS=1) and its summary, from
+    the ledger's totals at each checkpoint (the writer thread calls checkpoint())."""
+
     def __init__(self, total: int, already: int, enabled: bool) -> None:
-        self.total, self.done, self.start_done = total, already, already
-        self.tokens = 0
-        self.output_tokens = 0
-        self.errors = 0
+        self.total = total
         self.enabled = enabled and (sys.stderr.isatty() or os.environ.get("RUNNER_PROGRESS") == "1")
+        self.begin(already)
+
+    def begin(self, already: int, failed: int = 0, output_tokens: int = 0) -> None:
+        self.done = self.start_done = already
+        self.errors = 0
+        self._start_failed, self._start_tokens = failed, output_tokens
+        self.output_tokens = 0
         self.started = time.monotonic()
         self._last = 0.0
 
-    def update(self, n: int, tokens: int, output_tokens: int = 0, errors: int = 0) -> None:
-        self.done += n
-        self.tokens += tokens
-        self.output_tokens += output_tokens
-        self.errors += errors
+    def checkpoint(self, totals: Totals) -> None:
+        self.done = totals.completed + totals.failed
+        self.errors = totals.failed - self._start_failed
+        self.output_tokens = totals.output_tokens - self._start_tokens
         now = time.monotonic()
         if self.enabled and (now - self._last > 0.5 or self.done == self.total):
             self._last = now
@@ -198,7 +158,7 @@ class Progress:
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
             sys.stderr.write(f"\r{self.done}/{self.total} lines  {rate:7.1f} lines/s  "
-                             f"{self.tokens / elapsed:8.1f} tok/s  ETA {eta_s}")
+                             f"{self.output_tokens / elapsed:8.1f} output tok/s  ETA {eta_s}")
             sys.stderr.flush()
 
     def close(self) -> None:
@@ -212,11 +172,6 @@ class Progress:
         return (f"runner run: {ran - self.errors} lines done, {self.errors} errors "
                 f"({self.done}/{self.total} written in all), {seconds:.1f} s, "
                 f"{self.output_tokens / max(seconds, 1e-9):.1f} output tok/s")
-
-
-def _write(f: IO[bytes], row: dict[str, Any]) -> None:
-    f.write(orjson.dumps(row) + b"\n")
-    f.flush()
 
 
 def _input_file(args: argparse.Namespace, extra: list[str]) -> str:
@@ -238,110 +193,66 @@ def run_command(args: argparse.Namespace) -> int:
         out_path = Path(args.output_file)
         if not input_path.exists():
             raise ConfigError(f"input file {str(input_path)!r} does not exist")
-        scan = InputScan(input_path)
+        overrides = {k: v for k, v in (("threads", args.threads), ("data_dir", args.data_dir),
+                                       ("max_inflight", args.max_inflight),
+                                       ("backend", args.backend if not args.model else None)) if v is not None}
+        settings = load_settings(overrides)
+        scan = InputScan.of(input_path, settings.max_line_bytes)
         registry = _registry(args, scan, engine_args)
+        err_path = Path(args.errors_file) if args.errors_file else None
+        hint = " (name it with --served-model-name)" if args.model else ""
+        progress = Progress(scan.total, 0, args.progress)
+        source = FileSource(input_path, out_path, err_path, registry, scan, hint=hint,
+                            max_line_bytes=settings.max_line_bytes, on_checkpoint=progress.checkpoint)
     except ConfigError as exc:
         print(f"runner run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    err_path = Path(args.errors_file) if args.errors_file else None
-    done = _read_done(out_path) | (_read_done(err_path) if err_path else set())
-    if scan.ids and scan.ids <= done:
+    t = source.ledger.totals
+    progress.begin(t.completed + t.failed, t.failed, t.output_tokens)
+    if source.ledger.finished:
+        source.close()
         where = f"{out_path}" + (f" and {err_path}" if err_path else "")
         print(f"runner run: already complete: all {scan.total} lines of {input_path} are in {where}; "
               "nothing to do (delete the output to run again)", file=sys.stderr)
         return 0
-    overrides = {k: v for k, v in (("threads", args.threads), ("data_dir", args.data_dir),
-                                   ("backend", args.backend if not args.model else None)) if v is not None}
-    settings = load_settings(overrides)
-    progress = Progress(scan.total, len(done & scan.ids), args.progress)
-    backends: dict[str, Backend] = {}
-    out = open(out_path, "ab")
-    err = open(err_path, "ab") if err_path else out
-    try:
-        code = _run(input_path, registry, settings, args, done, backends, out, err, progress)
-    finally:
-        for b in backends.values():
-            b.close()
-        progress.close()
-        out.close()
-        if err is not out:
-            err.close()
+    configure_logging(settings.log_level, process="run")
+    code = _run_engine(settings, registry, source)
+    progress.checkpoint(source.ledger.totals)
+    progress.close()
     print(progress.summary(), file=sys.stderr)
     return code
 
 
-def _run(input_path: Path, registry: ModelRegistry, settings: Any, args: argparse.Namespace, done: set[str],
-         backends: dict[str, Backend], out: IO[bytes], err: IO[bytes], progress: Progress) -> int:
-    from runner.engine.factory import make_backend  # noqa: PLC0415 - heavy backends load on demand
+def _run_engine(settings: Settings, registry: ModelRegistry, source: FileSource) -> int:
+    """Run the engine until the file is done, a model fails, or a signal stops it."""
+    from runner.engine.main import Engine  # noqa: PLC0415 - pulls in the backends' factory
 
-    custom_ids: dict[str, str] = {}
-    served = ", ".join(_echo(m) for m in registry.ids)
+    engine = Engine(settings, registry, source=source)
+    interrupted = threading.Event()
 
-    def emit(custom_id: str, status: int, body: Any, tokens: int = 0, output_tokens: int = 0) -> None:
-        row = output_line(new_line_id(), custom_id, status, new_request_id(), body)
-        _write(out if status == 200 else err, row)
-        progress.update(1, tokens, output_tokens, errors=int(status != 200))
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
 
-    def drain(backend: Backend) -> None:
-        for res in backend.step():
-            emit_result(res)
-
-    def emit_result(res: LineResult) -> None:
-        cid = custom_ids.pop(res.key)
-        emit(cid, res.status_code, res.body, res.usage.prompt_tokens + res.usage.completion_tokens,
-             res.usage.completion_tokens)
-
-    for lineno, raw in iter_lines(input_path):
-        assert raw is not None  # the pre-pass rejected over-long lines
-        obj = orjson.loads(raw)
-        cid = obj["custom_id"]
-        if cid in done:
-            continue
-        done.add(cid)
-        body = obj.get("body")
-        url = obj.get("url")
-        spec: ModelSpec | None = None
-        problem: LineError | None = None
-        if obj.get("method", "POST") != "POST":
-            problem = LineError("'method' must be POST.", param="method", code="invalid_method")
-        elif not isinstance(body, dict):
-            problem = LineError("'body' must be a JSON object.", param="body", code="invalid_body")
-        else:
-            model = body.get("model")
-            spec = registry.specs[0] if model is None and len(registry.specs) == 1 else registry.get(str(model))
-            if spec is None:
-                hint = " (name it with --served-model-name)" if args.model else ""
-                problem = LineError(f"The model {_echo(body.get('model'))} does not exist; this run serves "
-                                    f"{served}{hint}.", status=404, param="model", code="model_not_found")
-            elif not isinstance(url, str) or url not in SUPPORTED_ENDPOINTS:
-                problem = LineError(f"The url {_echo(url)} is not a batch endpoint (one of "
-                                    f"{', '.join(SUPPORTED_ENDPOINTS)}).", param="url", code="invalid_url")
-            elif not spec.serves(url):
-                problem = endpoint_mismatch(spec.id, url, spec.endpoints)
-        if problem is not None or spec is None or not isinstance(url, str) or not isinstance(body, dict):
-            assert problem is not None
-            emit(cid, problem.status, problem.body())
-            continue
-        backend = backends.get(spec.id)
-        if backend is None:
-            # One model at a time: finish what the others have in flight, then free them.
-            for other_id in list(backends):
-                other = backends.pop(other_id)
-                while other.has_unfinished():
-                    drain(other)
-                other.close()
-            backend = backends[spec.id] = make_backend(spec, settings)
-        limit = args.max_inflight or settings.max_inflight or backend.default_max_inflight
-        req = LineRequest(key=f"run:{lineno}", batch_id="run", custom_id=cid, endpoint=url, body=body)
-        try:
-            backend.add(req)
-        except LineError as exc:
-            emit(cid, exc.status, exc.body())
-            continue
-        custom_ids[req.key] = cid
-        while len(custom_ids) >= limit and backend.has_unfinished():
-            drain(backend)
-    for backend in backends.values():
-        while backend.has_unfinished():
-            drain(backend)
-    return 0
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        engine.start()
+        thread = engine._thread
+        assert thread is not None
+        while thread.is_alive() and not (source.ended.is_set() or source.models.failed.is_set()
+                                          or interrupted.is_set()):
+            interrupted.wait(0.1)
+        engine.stop(timeout=None)  # the writer drains and checkpoints; the models unload
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if source.ended.is_set():
+        return 0
+    if source.models.failure is not None:
+        print(f"\nrunner run: error: {source.models.failure} (what is written stays; run again to resume)",
+              file=sys.stderr)
+        return 1
+    if engine.error is not None:
+        print(f"\nrunner run: error: {engine.error}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(engine.error, ConfigError) else 1
+    print("\nrunner run: stopped; run the same command again to resume", file=sys.stderr)
+    return 130

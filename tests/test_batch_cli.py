@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.batch_cli import _engine_args
 from runner.cli import main
 
 MODELS = """models:
@@ -106,10 +107,34 @@ def test_run_accepts_vllm_run_batch_flags(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "-i", str(inp), "-o", str(out), "--model", "my-model", "--backend", "simulated",
-              "--max-model-len", "4096", "--enforce-eager", "--gpu-memory-utilization=0.5",
               "--output-tmp-dir", str(tmp_path), "--response-role", "assistant"])
     assert exit_info.value.code == 0
     assert len(_rows(out)) == 5
+
+
+def test_engine_flags_become_engine_args() -> None:
+    assert _engine_args(["--max-model-len", "4096", "--enforce-eager", "--gpu-memory-utilization=0.5",
+                         "--limit-mm-per-prompt", '{"image": 0}']) == {
+        "max_model_len": 4096, "enforce_eager": True, "gpu_memory_utilization": 0.5,
+        "limit_mm_per_prompt": {"image": 0}}
+
+
+def test_model_that_fails_to_load_ends_the_run_and_a_rerun_resumes(tmp_path: Path) -> None:
+    """A vLLM flag given to the simulated backend is refused at load (never silently ignored): the
+    run stops with exit 1 and says why, writes nothing for the model's lines, and a fixed command
+    line resumes."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join([_line(f"r{i}", model="m") for i in range(6)] + [_line("bad", model="x")]) + "\n")
+    out = tmp_path / "out.jsonl"
+    failed = _run_cli(str(inp), "-o", str(out), "--model", "m", "--backend", "simulated", "--max-model-len",
+                      "4096", cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr
+    assert "the model 'm' failed to load" in failed.stderr and "max_model_len" in failed.stderr
+    assert {r["custom_id"] for r in _rows(out)} <= {"bad"}
+    fixed = _run_cli(str(inp), "-o", str(out), "--model", "m", "--backend", "simulated", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+    ids = Counter(r["custom_id"] for r in _rows(out))
+    assert set(ids) == {f"r{i}" for i in range(6)} | {"bad"} and max(ids.values()) == 1
 
 
 @pytest.mark.slow
@@ -195,3 +220,72 @@ def test_run_unknown_model_with_model_flag_names_what_is_served(tmp_path: Path) 
     errors = {row["custom_id"]: row["response"]["body"]["error"]["message"] for row in _rows(out)}
     assert "this run serves 'sim-path' (name it with --served-model-name)" in errors["a"]
     assert len(errors["b"]) < 400  # the 10,000-character model name is not echoed whole
+
+
+def test_run_over_two_models_loads_each_once(tmp_path: Path) -> None:
+    """Lines alternating between two generate models: the engine's feeder runs one model's lines,
+    then switches once (the old per-line loop reloaded a model at every change of model)."""
+    models = tmp_path / "two.yaml"
+    models.write_text("models:\n  - id: a\n    backend: simulated\n    task: generate\n"
+                      "  - id: b\n    backend: simulated\n    task: generate\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_line(f"r{i}", model="ab"[i % 2]) for i in range(40)) + "\n")
+    out = tmp_path / "out.jsonl"
+    r = _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("model loaded model=") == 2, r.stderr
+    rows = _rows(out)
+    assert sorted(x["custom_id"] for x in rows) == sorted(f"r{i}" for i in range(40))
+    assert {x["response"]["body"]["model"] for x in rows} == {"a", "b"}
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    models = tmp_path / "slow.yaml"
+    models.write_text("models:\n  - id: sim\n    backend: simulated\n    task: generate\n"
+                      "    engine_args: {tokens_per_second: 200}\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_line(f"r{i}", max_tokens=8) for i in range(100)) + "\n")
+    out = tmp_path / "out.jsonl"
+    cmd = [sys.executable, "-m", "runner", "run", str(inp), "-o", str(out), "--models", str(models)]
+    first = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or not out.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        size = out.stat().st_size
+        second = _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+        assert second.returncode == 2 and "another runner is writing" in second.stderr, second.stderr
+        assert out.stat().st_size >= size  # the refused run cut nothing
+    finally:
+        first.terminate()
+        first.wait(30)
+    assert first.returncode == 130  # SIGTERM: stopped after a final checkpoint
+    assert _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path).returncode == 0
+    ids = Counter(r["custom_id"] for r in _rows(out))
+    assert set(ids) == {f"r{i}" for i in range(100)} and max(ids.values()) == 1
+
+
+def test_checkpoint_file_resumes_and_a_changed_input_reads_the_rows(tmp_path: Path, models: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(_line(f"r{i}") for i in range(20)) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path).returncode == 0
+    ckpt = tmp_path / ".out.jsonl.runner-checkpoint"
+    header = json.loads(ckpt.read_bytes().partition(b"\n")[0])
+    assert header["completed"] == 20 and header["output_bytes"] == out.stat().st_size
+    # A row appended after the checkpoint (a crash between write and checkpoint) is cut, not kept twice.
+    rows = out.read_bytes()
+    out.write_bytes(rows + rows.splitlines(keepends=True)[0])
+    again = _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+    assert "already complete" in again.stderr
+    # The input grows: the checkpoint is for another input, so the rows kept are read (by custom_id)
+    # and only the new lines run.
+    with open(inp, "a") as f:
+        f.write(_line("new1") + "\n" + _line("new2") + "\n")
+    grown = _run_cli(str(inp), "-o", str(out), "--models", str(models), cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr
+    assert "2 lines done, 0 errors (22/22 written in all)" in grown.stderr.splitlines()[-1]
+    ids = Counter(r["custom_id"] for r in _rows(out))
+    assert set(ids) == {f"r{i}" for i in range(20)} | {"new1", "new2"} and max(ids.values()) == 1

@@ -8,14 +8,12 @@ the writer (appends rows, checkpoints, ends batches). Engine can also run inside
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import queue
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import IO
 
 from runner.engine.backend import Backend
 from runner.engine.factory import make_backend
@@ -56,7 +54,13 @@ class Engine:
 
     def run(self) -> None:
         """Run the loop on this thread until stop(); then drain the writer and checkpoint."""
-        lock = self._lock()
+        # One engine per data dir (or per `runner run` output): a second one would write the same
+        # lines twice.
+        try:
+            lock = self.source.acquire(self.stopping)
+        except ConfigError as exc:
+            self.error = exc
+            lock = None
         if lock is None:
             self.source.close()
             return
@@ -64,28 +68,6 @@ class Engine:
             self._run()
         finally:
             lock.close()
-
-    def _lock(self) -> IO[bytes] | None:
-        """One engine per data dir (or per `runner run` output): a second one would write the same
-        lines twice. The OS drops the lock when its holder dies, even by SIGKILL."""
-        path = self.source.lock_path
-        f = open(path, "ab")  # noqa: SIM115 - held while running
-        waited = False
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return f
-            except BlockingIOError:
-                if not self.source.lock_wait:
-                    f.close()
-                    self.error = ConfigError(f"another runner is writing {path}")
-                    return None
-                if not waited:
-                    logger.warning("another engine holds %s; waiting", path)
-                    waited = True
-                if self.stopping.wait(0.2):
-                    f.close()
-                    return None
 
     def _run(self) -> None:
         logger.info("engine started models=%s", ",".join(self.registry.ids))

@@ -34,7 +34,7 @@ from runner.engine.responses import (
     embedding_body,
     usage_of,
 )
-from runner.errors import endpoint_mismatch
+from runner.errors import ConfigError, endpoint_mismatch
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
 
@@ -100,12 +100,19 @@ class _Pending:
     ready_at: float
 
 
+ENGINE_ARGS = frozenset({"tokens_per_second", "latency_per_line", "dimensions", "max_inflight"})
+
+
 class SimulatedBackend(Backend):
     """Deterministic stand-in behind the seam: shapes, token counts, stop strings, n, speed."""
 
     def __init__(self, spec: ModelSpec, settings: Settings | None = None) -> None:
         self.spec = spec
         args = spec.engine_args
+        unknown = sorted(set(args) - ENGINE_ARGS)
+        if unknown:  # a stand-in that ignored a parameter would pass a test it should fail
+            raise ConfigError(f"the simulated backend has no engine_args {', '.join(unknown)} "
+                              f"(it takes {', '.join(sorted(ENGINE_ARGS))})")
         self.tokens_per_second = float(args.get("tokens_per_second") or 0)
         self.latency = float(args.get("latency_per_line") or 0)
         self.dimensions = int(args.get("dimensions") or 16)

@@ -14,15 +14,17 @@ a ledger cuts its files back to are whatever the last checkpoint recorded.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from runner.engine.ledger import Ledger, Totals
-from runner.errors import Conflict, LineError
+from runner.errors import ConfigError, Conflict, LineError
 from runner.settings import Settings
 from runner.store import BatchStore, Database, FileStore, ModelStates
 
@@ -65,8 +67,11 @@ class ModelReport(Protocol):
 
 class Source(Protocol):
     models: ModelReport
-    lock_path: Path  # one engine at a time writes these batches (flock, released when it dies)
-    lock_wait: bool  # wait for the lock (a server restarting) rather than give up (a second `runner run`)
+
+    def acquire(self, stopping: threading.Event) -> IO[bytes] | None:
+        """The lock that makes this the one engine writing these batches (closed when the engine
+        ends); None if `stopping` was set while waiting for it."""
+        ...
 
     def changed_since(self, version: int) -> tuple[bool, int]: ...
     def active(self) -> list[BatchInfo]: ...
@@ -78,10 +83,29 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+def flock(path: Path, stopping: threading.Event | None) -> IO[bytes] | None:
+    """An exclusive flock on `path`, which the OS drops when its holder dies, even by SIGKILL.
+    Waits for it while `stopping` is unset; with no `stopping`, raises ConfigError at once."""
+    f = open(path, "ab")  # noqa: SIM115 - held while the engine runs
+    waited = False
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if stopping is None:
+                f.close()
+                raise ConfigError(f"another runner is writing {path}") from None
+            if not waited:
+                logger.warning("another engine holds %s; waiting", path)
+                waited = True
+            if stopping.wait(0.2):
+                f.close()
+                return None
+
+
 class StoreSource:
     """The server's batches: BatchStore rows, FileStore files, ModelStates for /health."""
-
-    lock_wait = True
 
     def __init__(self, settings: Settings) -> None:
         self.db = Database(settings.db_path)
@@ -89,6 +113,9 @@ class StoreSource:
         self.store = BatchStore(self.db, self.files)
         self.models = ModelStates(self.db)
         self.lock_path = settings.data_path / "engine.lock"
+
+    def acquire(self, stopping: threading.Event) -> IO[bytes] | None:
+        return flock(self.lock_path, stopping)  # a restarting server waits for the old engine to go
 
     def changed_since(self, version: int) -> tuple[bool, int]:
         return self.store.changed_since(version)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import orjson
+
+from runner.engine.file_source import FileSource, InputScan
+from runner.engine.main import Engine
 from tests.engine.conftest import Harness, chat_line, check_exactly_once
 
 
@@ -95,3 +100,52 @@ def test_deterministic_and_stop_strings(harness: Harness) -> None:
     choice = harness.rows(b2["output_file_id"])[0]["response"]["body"]["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["stop_reason"] == " " + word
     assert choice["message"]["content"] == texts[0].split()[0]
+
+
+def _through(kind: str, harness: Harness, lines: list[dict[str, Any]], tmp: Path) -> tuple[list[Any], list[Any]]:
+    """Run `lines` on the one engine through one of its Sources; return (output rows, error rows)."""
+    if kind == "store":
+        b = harness.submit(lines)
+        harness.start_engine()
+        b = harness.wait_status(b["id"], "completed")
+        return check_exactly_once(harness, b, [x["custom_id"] for x in lines])
+    inp, out, err = tmp / "in.jsonl", tmp / "out.jsonl", tmp / "err.jsonl"
+    inp.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    scan = InputScan.of(inp, harness.settings.max_line_bytes)
+    source = FileSource(inp, out, err, harness.registry, scan)
+    engine = Engine(harness.settings, harness.registry, source=source).start()
+    try:
+        assert source.ended.wait(30), "the run did not end"
+    finally:
+        engine.stop()
+    assert engine.error is None, engine.error
+    rows = [[orjson.loads(x) for x in p.read_bytes().splitlines()] for p in (out, err)]
+    assert sorted(r["custom_id"] for r in rows[0] + rows[1]) == sorted(x["custom_id"] for x in lines)
+    return rows[0], rows[1]
+
+
+def test_same_rows_through_either_source(harness: Harness, tmp_path: Path) -> None:
+    """`runner serve` (StoreSource) and `runner run` (FileSource) run one engine: the same lines
+    give the same rows, error rows included (ids and timestamps aside)."""
+    lines = [chat_line(i, seed=i) for i in range(30)]
+    lines.append(chat_line(30, n=3, max_tokens=6))
+    lines.append(chat_line(31, n=0))
+    lines.append({"custom_id": "req-32", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "sim-chat"}})
+    store = _through("store", harness, lines, tmp_path)
+    harness.stop_engine()
+    file = _through("file", harness, lines, tmp_path)
+    assert sorted(r["custom_id"] for r in store[1]) == ["req-31", "req-32"]
+
+    def shape(rows: list[Any]) -> dict[str, Any]:
+        by_id = {}
+        for r in rows:
+            resp = r["response"]
+            body = dict(resp["body"])
+            body.pop("id", None)
+            body.pop("created", None)
+            by_id[r["custom_id"]] = (sorted(r), resp["status_code"], sorted(resp), body)
+        return by_id
+
+    for s_rows, f_rows in zip(store, file, strict=True):
+        assert shape(s_rows) == shape(f_rows)
