@@ -30,11 +30,12 @@ def test_chat_completion_shape_and_usage() -> None:
     assert body["id"].startswith("chatcmpl-") and len(body["id"]) == len("chatcmpl-") + 32
     assert (body["object"], body["created"], body["model"]) == ("chat.completion", 123, "m")
     assert body["usage"] == {"prompt_tokens": 9, "total_tokens": 17, "completion_tokens": 8,
-                             "prompt_tokens_details": None}
+                             "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": None,
+                                                       "multimodal_tokens": None}}
     c0, c1 = body["choices"]
     assert c0["index"] == 0 and c1["index"] == 1
     assert c0["message"]["role"] == "assistant" and c0["message"]["content"] == "Paris."
-    assert c0["message"]["tool_calls"] == []
+    assert "tool_calls" not in c0["message"]  # vLLM drops an empty list (ChatMessage._serialize)
     assert (c0["finish_reason"], c1["finish_reason"]) == ("stop", "length")
     assert c0["logprobs"] is None and c0["stop_reason"] is None
     assert set(body) >= {"id", "object", "created", "model", "choices", "usage", "system_fingerprint"}
@@ -82,7 +83,9 @@ def test_embedding_body_float_and_base64() -> None:
     assert body["id"].startswith("embd-") and body["object"] == "list" and body["model"] == "e"
     assert body["data"] == [{"index": 0, "object": "embedding", "embedding": [0.6, 0.8]},
                             {"index": 1, "object": "embedding", "embedding": [1.0, 0.0]}]
-    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    # UsageInfo.model_dump() of vLLM's pooling usage: completion_tokens 0 is there too
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0,
+                             "prompt_tokens_details": None}
     b64 = embedding_body("e", vecs, 7, encoding_format="base64")
     enc = b64["data"][0]["embedding"]
     assert isinstance(enc, str) and enc == encode_base64([0.6, 0.8])

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from runner.engine.backend import LineRequest, Usage
+from runner.engine.responses import usage_dict as usage_body
+from runner.engine.responses import usage_of
 from runner.engine.vllm_convert import (
     ChatOptions,
     CompletionOptions,
@@ -25,8 +27,6 @@ from runner.engine.vllm_convert import (
     embedding_body,
     engine_request_id,
     format_validation_errors,
-    usage_body,
-    usage_of,
 )
 from runner.model_specs import ModelSpec
 
@@ -129,7 +129,7 @@ def test_chat_body_has_vllm_shape_and_usage() -> None:
         "completion_tokens": 5,
         "prompt_tokens_details": {"cached_tokens": 2, "created_cache_tokens": None, "multimodal_tokens": None},
     }
-    assert usage_of(body["usage"]) == Usage(prompt_tokens=4, completion_tokens=5, cached_tokens=2)
+    assert usage_of(body) == Usage(prompt_tokens=4, completion_tokens=5, cached_tokens=2)
 
 
 def test_chat_finish_reason_defaults_to_stop_and_stop_reason_passes() -> None:

@@ -1,10 +1,18 @@
-"""Responses: finished outputs -> response bodies shaped like vLLM's OpenAI server.
+"""Responses: finished outputs -> OpenAI response bodies, the ONE set of builders for every backend.
 
-Pure Python (no torch), shared by the transformers and simulated backends. Shapes are copied from
-vLLM's serving code (see ../shared/reference/vllm-engine.md section 2): chat.completion
-(`chat_completion/serving.py::chat_completion_full_generator`), text_completion
-(`completion/serving.py::request_output_to_completion_response`) and the embeddings list
-(`pooling/embed/serving.py`), including the null-valued fields vLLM's `model_dump()` emits.
+Pure Python (no torch, no vllm). The simulated and transformers backends build ChoiceOutput /
+PromptOutput themselves; the vLLM backend turns vLLM's RequestOutputs into the same values
+(vllm_convert.py) and calls the same builders, so an output row has one shape whatever the
+backend (#12; tests/test_responses.py compares the backends key by key). The shape is that of the
+pinned vLLM's OpenAI server (`JSONResponse(content=response.model_dump())`, so unset optional
+fields are present as null), read from the 0.26.0 wheel and checked against 0.32's models by
+tests/vllm/test_response_shapes.py:
+- chat:        vllm/entrypoints/openai/chat_completion/serving.py::chat_completion_full_generator,
+               models in chat_completion/protocol.py (ChatMessage drops an empty `tool_calls` list
+               in its serializer, so a plain answer has no `tool_calls` key);
+- completions: completion/serving.py::request_output_to_completion_response;
+- embeddings:  vllm/entrypoints/pooling/embed/serving.py and pooling/utils.py::get_pooling_usage;
+- usage:       UsageInfo / PromptTokenUsageInfo (prompt_tokens_details when cached tokens are known).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from runner.engine.backend import Usage
 
@@ -34,12 +43,13 @@ class TopLogprob:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """The sampled token at a position, with the `top` alternatives asked for (maybe none)."""
+    """The token at a position, with the `top` alternatives asked for. `logprob` None and `top`
+    None: no logprobs at this position (vLLM's first echoed prompt token)."""
 
     token: str
-    logprob: float
+    logprob: float | None
     bytes: tuple[int, ...] | None = None
-    top: tuple[TopLogprob, ...] = ()
+    top: tuple[TopLogprob, ...] | None = ()
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,12 @@ class ChoiceOutput:
 
     text: str
     num_tokens: int  # generated tokens, as counted for usage.completion_tokens
-    finish_reason: str = "stop"  # stop | length | abort | error
+    finish_reason: str | None = "stop"  # stop | length | abort | error
     stop_reason: str | int | None = None  # the stop string or token id that ended it, if any
     logprobs: tuple[TokenLogprob, ...] | None = None  # None when the request asked for none
+    token_ids: tuple[int, ...] | None = None  # shown only when the request asked (return_token_ids)
+    # completions: text_offset of the first logprob token (default: after the echoed prompt text)
+    logprobs_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,15 +73,33 @@ class PromptOutput:
     prompt_tokens: int
     choices: tuple[ChoiceOutput, ...]
     prompt_text: str = ""  # echoed before each choice's text when the request asked for echo
+    prompt_token_ids: tuple[int, ...] | None = None  # shown only when the request asked
+    # prefix-cache hits: 0 where there is no prefix cache (transformers, simulated), so usage has
+    # prompt_tokens_details whatever the backend, as OpenAI's API and vLLM's server (with
+    # --enable-prompt-tokens-details) give it; None only where a backend cannot tell
+    cached_tokens: int | None = 0
+    created_cache_tokens: int | None = None
+    prompt_logprobs: Any = None  # already in its JSON form (vLLM only)
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int | None]:
+def usage_dict(prompt_tokens: int, completion_tokens: int | None, cached_tokens: int | None = None,
+               created_cache_tokens: int | None = None) -> dict[str, Any]:
+    """UsageInfo.model_dump(); prompt_tokens_details as with --enable-prompt-tokens-details."""
+    details = None
+    if cached_tokens is not None or created_cache_tokens is not None:
+        details = {"cached_tokens": cached_tokens, "created_cache_tokens": created_cache_tokens,
+                   "multimodal_tokens": None}
     return {
         "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
+        "total_tokens": prompt_tokens + (completion_tokens or 0),
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens_details": details,
     }
+
+
+def _sum_known(values: Sequence[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _chat_logprobs(lps: Sequence[TokenLogprob] | None) -> dict[str, object] | None:
@@ -83,7 +114,7 @@ def _chat_logprobs(lps: Sequence[TokenLogprob] | None) -> dict[str, object] | No
                 "top_logprobs": [
                     {"token": t.token, "logprob": t.logprob,
                      "bytes": list(t.bytes) if t.bytes is not None else None}
-                    for t in lp.top
+                    for t in lp.top or ()
                 ],
             }
             for lp in lps
@@ -95,6 +126,7 @@ def chat_completion_body(
     model: str,
     prompt: PromptOutput,
     *,
+    role: str = "assistant",
     request_id: str | None = None,
     created: int | None = None,
 ) -> dict[str, object]:
@@ -107,19 +139,19 @@ def chat_completion_body(
             {
                 "index": i,
                 "message": {
-                    "role": "assistant",
+                    "role": role,
                     "content": c.text,
                     "refusal": None,
                     "annotations": None,
                     "audio": None,
                     "function_call": None,
-                    "tool_calls": [],
                     "reasoning": None,
                 },
                 "logprobs": _chat_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason or "stop",
                 "stop_reason": c.stop_reason,
-                "token_ids": None,
+                "token_ids": list(c.token_ids) if c.token_ids is not None else None,
+                "routed_experts": None,
             }
         )
     return {
@@ -130,25 +162,36 @@ def chat_completion_body(
         "choices": choices,
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": usage_dict(prompt.prompt_tokens, completion_tokens),
-        "prompt_logprobs": None,
-        "prompt_token_ids": None,
+        "usage": usage_dict(prompt.prompt_tokens, completion_tokens, prompt.cached_tokens,
+                            prompt.created_cache_tokens),
+        "prompt_logprobs": prompt.prompt_logprobs,
+        "prompt_token_ids": list(prompt.prompt_token_ids) if prompt.prompt_token_ids is not None else None,
+        "prompt_text": None,
         "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
     }
 
 
 def _completion_logprobs(lps: Sequence[TokenLogprob] | None, offset: int) -> dict[str, object] | None:
     if lps is None:
         return None
-    tokens, token_logprobs, top, text_offset = [], [], [], []
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
     pos = offset
     for lp in lps:
         tokens.append(lp.token)
         token_logprobs.append(lp.logprob)
-        # vLLM puts the sampled token among its top_logprobs dict as well
-        entry = {t.token: t.logprob for t in lp.top}
-        entry.setdefault(lp.token, lp.logprob)
-        top.append(entry)
+        if lp.top is None:
+            top.append(None)
+        else:
+            # vLLM puts the sampled token among its top_logprobs dict as well
+            entry = {t.token: t.logprob for t in lp.top}
+            if lp.logprob is not None:
+                entry.setdefault(lp.token, lp.logprob)
+            top.append(entry)
         text_offset.append(pos)
         pos += len(lp.token)
     return {"text_offset": text_offset, "token_logprobs": token_logprobs, "tokens": tokens, "top_logprobs": top}
@@ -168,18 +211,23 @@ def completion_body(
         prompt_tokens += p.prompt_tokens
         for c in p.choices:
             completion_tokens += c.num_tokens
+            offset = len(p.prompt_text) if c.logprobs_offset is None else c.logprobs_offset
             choices.append(
                 {
                     "index": len(choices),
                     "text": p.prompt_text + c.text,
-                    "logprobs": _completion_logprobs(c.logprobs, len(p.prompt_text)),
-                    "finish_reason": c.finish_reason or "stop",
+                    "logprobs": _completion_logprobs(c.logprobs, offset),
+                    "finish_reason": c.finish_reason,
                     "stop_reason": c.stop_reason,
-                    "token_ids": None,
-                    "prompt_logprobs": None,
-                    "prompt_token_ids": None,
+                    "token_ids": list(c.token_ids) if c.token_ids is not None else None,
+                    "prompt_logprobs": p.prompt_logprobs,
+                    "prompt_token_ids": list(p.prompt_token_ids) if p.prompt_token_ids is not None else None,
+                    "routed_experts": None,
                 }
             )
+    # vLLM reports the last prompt's num_cached_tokens; for a multi-prompt line the sum is the
+    # honest count, and it equals vLLM's value for the usual single prompt.
+    cached = _sum_known([p.cached_tokens for p in prompts])
     return {
         "id": request_id or _rid("cmpl-"),
         "object": "text_completion",
@@ -188,8 +236,10 @@ def completion_body(
         "choices": choices,
         "service_tier": None,
         "system_fingerprint": None,
-        "usage": usage_dict(prompt_tokens, completion_tokens),
+        "usage": usage_dict(prompt_tokens, completion_tokens, cached),
         "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "metrics": None,
     }
 
 
@@ -205,19 +255,21 @@ def decode_base64(data: str) -> list[float]:
 
 def embedding_body(
     model: str,
-    vectors: Sequence[Sequence[float]],
+    vectors: Sequence[Sequence[float] | str],
     prompt_tokens: int,
     *,
     encoding_format: str = "float",
     request_id: str | None = None,
     created: int | None = None,
 ) -> dict[str, object]:
-    """An embeddings list body: one item per input, in input order."""
+    """An embeddings list body: one item per input, in input order. A vector already encoded (a
+    base64 string, as vLLM's pooling output gives it) is kept as it is."""
     data = [
         {
             "index": i,
             "object": "embedding",
-            "embedding": encode_base64(v) if encoding_format == "base64" else [float(x) for x in v],
+            "embedding": v if isinstance(v, str)
+            else encode_base64(v) if encoding_format == "base64" else [float(x) for x in v],
         }
         for i, v in enumerate(vectors)
     ]
@@ -227,14 +279,16 @@ def embedding_body(
         "created": int(time.time()) if created is None else created,
         "model": model,
         "data": data,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "usage": usage_dict(prompt_tokens, 0),
     }
 
 
-def usage_of(body: dict[str, object]) -> Usage:
-    """The Usage of a response body built here (for LineResult.usage)."""
+def usage_of(body: dict[str, Any]) -> Usage:
+    """The Usage of a response body built here (for LineResult.usage and the batch's counters)."""
     u = body.get("usage")
     if not isinstance(u, dict):
         return Usage()
+    details = u.get("prompt_tokens_details") or {}
     return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
-                 completion_tokens=int(u.get("completion_tokens") or 0))
+                 completion_tokens=int(u.get("completion_tokens") or 0),
+                 cached_tokens=int(details.get("cached_tokens") or 0))

@@ -208,11 +208,15 @@ class SimulatedBackend(Backend):
             text, n, finish, stop_reason = _generate(prompt, s.seed, i, s.max_tokens, s.stop)
             lps = None
             if s.logprobs is not None:
-                lps = tuple(TokenLogprob(w, -0.25, tuple(w.encode()),
-                                         tuple(TopLogprob(w, -0.25) for _ in range(min(s.logprobs, 1))))
-                            for w in _spaced(text))
+                lps = tuple(TokenLogprob(w, -0.25, tuple(w.encode()), _top(w, s.logprobs)) for w in _spaced(text))
             choices.append(ChoiceOutput(text, n, finish, stop_reason, lps))
         return PromptOutput(prompt_tokens, tuple(choices))
+
+
+def _top(token: str, k: int) -> tuple[TopLogprob, ...]:
+    """k alternatives, the sampled token first (as vLLM ranks it), each a distinct string."""
+    alts = [token if j == 0 else f"{token}~{j}" for j in range(k)]
+    return tuple(TopLogprob(t, -0.25 * (j + 1), tuple(t.encode())) for j, t in enumerate(alts))
 
 
 def _text(p: str | tuple[int, ...]) -> str:

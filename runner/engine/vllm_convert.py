@@ -1,31 +1,24 @@
-"""vLLM outputs -> OpenAI response bodies, and engine-request bookkeeping for the vLLM backend.
+"""vLLM outputs -> the neutral outputs of responses.py, and engine-request bookkeeping for the vLLM backend.
 
 Pure Python: nothing here imports vllm or torch, so it runs (and is tested) on any CPU machine.
 `vllm_backend.py` parses and renders request bodies with vLLM's own request models and hands the
 finished `RequestOutput` / `PoolingRequestOutput` objects here; any object with the same attributes
-works (the CPU tests use small fakes).
-
-The bodies copy the shape that vLLM 0.26's OpenAI server returns (`JSONResponse(content=
-response.model_dump())`, so unset optional fields are present as null), read from the 0.26.0 wheel:
-- chat:        vllm/entrypoints/openai/chat_completion/serving.py::chat_completion_full_generator,
-               models in vllm/entrypoints/openai/chat_completion/protocol.py (ChatMessage drops an
-               empty `tool_calls` list in its serializer).
-- completions: vllm/entrypoints/openai/completion/serving.py::request_output_to_completion_response,
-               models in vllm/entrypoints/openai/completion/protocol.py.
-- embeddings:  vllm/entrypoints/pooling/embed/serving.py::_openai_json_response and
-               vllm/entrypoints/pooling/utils.py::get_pooling_usage.
-- usage:       vllm/entrypoints/openai/engine/protocol.py (UsageInfo, PromptTokenUsageInfo).
+works (the CPU tests use small fakes). What vLLM's server does between its engine output and its
+response model (logprob clamping and decoding, echo, token ids, cached-token usage) happens here,
+following vllm/entrypoints/openai/{chat_completion,completion}/serving.py; the bodies themselves
+come from responses.py, the one set of builders every backend uses.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.engine.backend import LineResult, Usage
+from runner.engine import responses
+from runner.engine.backend import LineResult
+from runner.engine.responses import ChoiceOutput, PromptOutput, TokenLogprob, TopLogprob, chat_completion_body
 from runner.errors import openai_error_body
 
 CHAT = "/v1/chat/completions"
@@ -122,49 +115,8 @@ def _get(obj: Any, name: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Usage
-# ---------------------------------------------------------------------------------------------
-
-
-def usage_body(
-    prompt_tokens: int,
-    completion_tokens: int | None,
-    cached_tokens: int | None = None,
-    created_cache_tokens: int | None = None,
-) -> dict[str, Any]:
-    """UsageInfo.model_dump(); prompt_tokens_details as with --enable-prompt-tokens-details."""
-    details = None
-    if cached_tokens is not None or created_cache_tokens is not None:
-        details = {
-            "cached_tokens": cached_tokens,
-            "created_cache_tokens": created_cache_tokens,
-            "multimodal_tokens": None,
-        }
-    return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + (completion_tokens or 0),
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": details,
-    }
-
-
-def usage_of(body_usage: dict[str, Any]) -> Usage:
-    """The runner's Usage (batch counters) from a response body's usage."""
-    details = body_usage.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(body_usage.get("prompt_tokens") or 0),
-        completion_tokens=int(body_usage.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0),
-    )
-
-
-def _sum_optional(values: Iterable[int | None]) -> int | None:
-    seen = [v for v in values if v is not None]
-    return sum(seen) if seen else None
-
-
-# ---------------------------------------------------------------------------------------------
 # Logprobs (serving.py::_create_chat_logprobs, completion/serving.py::_create_completion_logprobs)
+# -> the neutral TokenLogprob values responses.py renders
 # ---------------------------------------------------------------------------------------------
 
 
@@ -177,43 +129,33 @@ def _decoded(lp: Any, token_id: int, decode: Decode, as_id: bool) -> str:
     return decode(token_id)
 
 
-def _utf8(text: str) -> list[int]:
-    return list(text.encode("utf-8", errors="replace"))
+def _utf8(text: str) -> tuple[int, ...]:
+    return tuple(text.encode("utf-8", errors="replace"))
 
 
 def chat_logprobs(
     token_ids: Sequence[int], steps: Sequence[dict[int, Any] | None], opts: ChatOptions, decode: Decode
-) -> dict[str, Any]:
+) -> tuple[TokenLogprob, ...]:
     as_id = opts.return_tokens_as_token_ids
-    content: list[dict[str, Any]] = []
+    content: list[TokenLogprob] = []
     for i, token_id in enumerate(token_ids):
         step = steps[i] if i < len(steps) else None
         if step is None or step.get(token_id) is None:
             token = f"token_id:{token_id}" if as_id else decode(token_id)
-            content.append({"token": token, "logprob": LOGPROB_FLOOR, "bytes": _utf8(token), "top_logprobs": []})
+            content.append(TokenLogprob(token, LOGPROB_FLOOR, _utf8(token), ()))
             continue
         lp = step[token_id]
-        top = [
-            {
-                "token": (tok := _decoded(p_lp, p_id, decode, as_id)),
-                "logprob": max(p_lp.logprob, LOGPROB_FLOOR),
-                "bytes": _utf8(tok),
-            }
+        top = tuple(
+            TopLogprob(tok := _decoded(p_lp, p_id, decode, as_id), max(p_lp.logprob, LOGPROB_FLOOR), _utf8(tok))
             for rank, (p_id, p_lp) in enumerate(step.items())
             if opts.logprob_token_ids
             or opts.top_logprobs == -1
             or (opts.top_logprobs is not None and rank < opts.top_logprobs)
-        ]
-        decoded = getattr(lp, "decoded_token", None)
-        content.append(
-            {
-                "token": _decoded(lp, token_id, decode, as_id),
-                "logprob": max(lp.logprob, LOGPROB_FLOOR),
-                "bytes": None if decoded is None else _utf8(decoded),
-                "top_logprobs": top,
-            }
         )
-    return {"content": content}
+        decoded = getattr(lp, "decoded_token", None)
+        content.append(TokenLogprob(_decoded(lp, token_id, decode, as_id), max(lp.logprob, LOGPROB_FLOOR),
+                                    None if decoded is None else _utf8(decoded), top))
+    return tuple(content)
 
 
 def completion_logprobs(
@@ -224,35 +166,19 @@ def completion_logprobs(
     *,
     as_id: bool = False,
     all_top: bool = False,
-) -> dict[str, Any]:
-    offsets: list[int] = []
-    token_logprobs: list[float | None] = []
-    tokens: list[str] = []
-    top_logprobs: list[dict[str, float] | None] = []
-    last_len = 0
+) -> tuple[TokenLogprob, ...]:
+    out: list[TokenLogprob] = []
     for i, token_id in enumerate(token_ids):
         step = steps[i] if i < len(steps) else None
         if step is None:
-            token = f"token_id:{token_id}" if as_id else decode(token_id)
-            tokens.append(token)
-            token_logprobs.append(None)
-            top_logprobs.append(None)
-        else:
-            lp = step[token_id]
-            token = _decoded(lp, token_id, decode, as_id)
-            tokens.append(token)
-            token_logprobs.append(max(lp.logprob, LOGPROB_FLOOR))
-            # "num_top + 1" entries, as the OpenAI API defines it (vLLM's comment)
-            top_logprobs.append(
-                {
-                    _decoded(p_lp, p_id, decode, as_id): max(p_lp.logprob, LOGPROB_FLOOR)
-                    for rank, (p_id, p_lp) in enumerate(step.items())
-                    if all_top or num_top >= rank
-                }
-            )
-        offsets.append(0 if not offsets else offsets[-1] + last_len)
-        last_len = len(token)
-    return {"text_offset": offsets, "token_logprobs": token_logprobs, "tokens": tokens, "top_logprobs": top_logprobs}
+            out.append(TokenLogprob(f"token_id:{token_id}" if as_id else decode(token_id), None, None, None))
+            continue
+        lp = step[token_id]
+        # "num_top + 1" entries, as the OpenAI API defines it (vLLM's comment)
+        top = tuple(TopLogprob(_decoded(p_lp, p_id, decode, as_id), max(p_lp.logprob, LOGPROB_FLOOR))
+                    for rank, (p_id, p_lp) in enumerate(step.items()) if all_top or num_top >= rank)
+        out.append(TokenLogprob(_decoded(lp, token_id, decode, as_id), max(lp.logprob, LOGPROB_FLOOR), None, top))
+    return tuple(out)
 
 
 def prompt_logprobs_body(prompt_logprobs: Sequence[dict[int, Any] | None] | None) -> Any:
@@ -301,7 +227,7 @@ def chat_body(
     request_id: str | None = None,
     created: int | None = None,
 ) -> dict[str, Any]:
-    """One finished RequestOutput (all n choices) -> chat.completion body."""
+    """One finished RequestOutput (all n choices) -> chat.completion body (responses.py builds it)."""
     outputs = list(res.outputs)
     _check_not_error(outputs)
     choices = []
@@ -312,50 +238,19 @@ def chat_body(
         content = out.text
         if opts.echo_prefix is not None:
             content = opts.echo_prefix + (content or "")
-        choices.append(
-            {
-                "index": out.index,
-                "message": {
-                    "role": opts.role,
-                    "content": content,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "reasoning": None,
-                },
-                "logprobs": logprobs,
-                "finish_reason": out.finish_reason or "stop",
-                "stop_reason": out.stop_reason,
-                "token_ids": list(out.token_ids) if opts.return_token_ids else None,
-                "routed_experts": None,
-            }
-        )
+        choices.append(ChoiceOutput(content, len(out.token_ids), out.finish_reason or "stop", out.stop_reason,
+                                    logprobs, tuple(out.token_ids) if opts.return_token_ids else None))
     prompt_tokens = len(res.prompt_token_ids or [])
     if getattr(res, "encoder_prompt_token_ids", None) is not None:
         prompt_tokens += len(res.encoder_prompt_token_ids)
-    completion_tokens = sum(len(out.token_ids) for out in outputs)
-    return {
-        "id": request_id or random_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": created if created is not None else int(time.time()),
-        "model": model,
-        "choices": choices,
-        "service_tier": None,
-        "system_fingerprint": None,
-        "usage": usage_body(
-            prompt_tokens,
-            completion_tokens,
-            getattr(res, "num_cached_tokens", None),
-            getattr(res, "num_cache_creation_tokens", None),
-        ),
-        "prompt_logprobs": prompt_logprobs_body(getattr(res, "prompt_logprobs", None)),
-        "prompt_token_ids": list(res.prompt_token_ids or []) if opts.return_token_ids else None,
-        "prompt_text": None,
-        "kv_transfer_params": None,
-        "ec_transfer_params": None,
-        "metrics": None,
-    }
+    prompt = PromptOutput(
+        prompt_tokens, tuple(choices),
+        prompt_token_ids=tuple(res.prompt_token_ids or []) if opts.return_token_ids else None,
+        cached_tokens=getattr(res, "num_cached_tokens", None),
+        created_cache_tokens=getattr(res, "num_cache_creation_tokens", None),
+        prompt_logprobs=prompt_logprobs_body(getattr(res, "prompt_logprobs", None)))
+    return chat_completion_body(model, prompt, role=opts.role, request_id=request_id or random_id("chatcmpl"),
+                                created=created)
 
 
 def completion_body(
@@ -371,9 +266,7 @@ def completion_body(
     """The finished RequestOutputs of one line's prompts, in prompt order -> text_completion body.
 
     The choice index runs on across prompts (prompt 0's n choices, then prompt 1's, ...)."""
-    choices: list[dict[str, Any]] = []
-    prompt_tokens = 0
-    completion_tokens = 0
+    prompts: list[PromptOutput] = []
     for p, res in enumerate(results):
         outputs = list(res.outputs)
         _check_not_error(outputs)
@@ -382,60 +275,32 @@ def completion_body(
         if prompt_text is None and prompt_texts is not None and p < len(prompt_texts):
             prompt_text = prompt_texts[p]
         prompt_lps = getattr(res, "prompt_logprobs", None)
+        echo_text = ("" if opts.return_token_ids else (prompt_text or "")) if opts.echo else ""
+        choices = []
         for out in outputs:
             token_ids: list[int]
             steps: list[Any]
-            if opts.echo:
-                echo_text = "" if opts.return_token_ids else (prompt_text or "")
-                if opts.max_tokens == 0:
-                    token_ids, steps, text = prompt_ids, list(prompt_lps or []), echo_text
-                else:
-                    token_ids = [*prompt_ids, *out.token_ids]
-                    steps = [*(prompt_lps or []), *(out.logprobs or [])]
-                    text = echo_text + out.text
+            if opts.echo and opts.max_tokens == 0:
+                token_ids, steps, text = prompt_ids, list(prompt_lps or []), ""
+            elif opts.echo:
+                token_ids = [*prompt_ids, *out.token_ids]
+                steps = [*(prompt_lps or []), *(out.logprobs or [])]
+                text = out.text
             else:
                 token_ids, steps, text = list(out.token_ids), list(out.logprobs or []), out.text
             logprobs = None
             if opts.logprobs is not None:
-                logprobs = completion_logprobs(
-                    token_ids,
-                    steps,
-                    opts.logprobs,
-                    decode,
-                    as_id=opts.return_tokens_as_token_ids,
-                    all_top=bool(opts.logprob_token_ids),
-                )
-            choices.append(
-                {
-                    "index": len(choices),
-                    "text": text,
-                    "logprobs": logprobs,
-                    "finish_reason": out.finish_reason,
-                    "stop_reason": out.stop_reason,
-                    "token_ids": list(out.token_ids) if opts.return_token_ids else None,
-                    "prompt_logprobs": prompt_logprobs_body(prompt_lps),
-                    "prompt_token_ids": prompt_ids if opts.return_token_ids else None,
-                    "routed_experts": None,
-                }
-            )
-            completion_tokens += len(out.token_ids)
-        prompt_tokens += len(prompt_ids)
-    # vLLM reports the last prompt's num_cached_tokens; for a multi-prompt line the sum is the
-    # honest count, and it equals vLLM's value for the usual single prompt.
-    cached = _sum_optional(getattr(r, "num_cached_tokens", None) for r in results)
-    return {
-        "id": request_id or random_id("cmpl"),
-        "object": "text_completion",
-        "created": created if created is not None else int(time.time()),
-        "model": model,
-        "choices": choices,
-        "service_tier": None,
-        "system_fingerprint": None,
-        "usage": usage_body(prompt_tokens, completion_tokens, cached),
-        "kv_transfer_params": None,
-        "ec_transfer_params": None,
-        "metrics": None,
-    }
+                logprobs = completion_logprobs(token_ids, steps, opts.logprobs, decode,
+                                               as_id=opts.return_tokens_as_token_ids,
+                                               all_top=bool(opts.logprob_token_ids))
+            choices.append(ChoiceOutput(text, len(out.token_ids), out.finish_reason, out.stop_reason, logprobs,
+                                        tuple(out.token_ids) if opts.return_token_ids else None,
+                                        logprobs_offset=0))
+        prompts.append(PromptOutput(len(prompt_ids), tuple(choices), echo_text,
+                                    prompt_token_ids=tuple(prompt_ids) if opts.return_token_ids else None,
+                                    cached_tokens=getattr(res, "num_cached_tokens", None),
+                                    prompt_logprobs=prompt_logprobs_body(prompt_lps)))
+    return responses.completion_body(model, prompts, request_id=request_id or random_id("cmpl"), created=created)
 
 
 def embedding_body(
@@ -447,15 +312,8 @@ def embedding_body(
     created: int | None = None,
 ) -> dict[str, Any]:
     """Encoded embeddings (float lists or base64 strings), one per input, -> embeddings list body."""
-    prompt_tokens = sum(prompt_token_counts)
-    return {
-        "id": request_id or random_id("embd"),
-        "object": "list",
-        "created": created if created is not None else int(time.time()),
-        "model": model,
-        "data": [{"index": i, "object": "embedding", "embedding": e} for i, e in enumerate(embeddings)],
-        "usage": usage_body(prompt_tokens, 0),
-    }
+    return responses.embedding_body(model, embeddings, sum(prompt_token_counts),
+                                    request_id=request_id or random_id("embd"), created=created)
 
 
 def format_validation_errors(errors: Iterable[dict[str, Any]], limit: int = 5) -> str:
@@ -560,7 +418,7 @@ def finish_line(line: PendingLine) -> LineResult:
         body = line.build(ordered)
     except GenerationFailed as exc:
         return LineResult(line.key, 500, openai_error_body(str(exc), "server_error", None, "engine_error"))
-    return LineResult(line.key, 200, body, usage_of(body.get("usage") or {}))
+    return LineResult(line.key, 200, body, responses.usage_of(body))
 
 
 def error_result(key: str, status: int, message: str, code: str | None = None) -> LineResult:
