@@ -15,6 +15,7 @@
       LineError          one input line failed: goes to the error file, the batch goes on
       EngineDead         the backend crashed: recoverable, the batch stays in_progress and resumes
 
+Every `code` these carry is listed once, with its condition, in runner/error_codes.py.
 Errors become messages only at the edges: `api/app.py` renders ApiError, `cli.py` renders
 ConfigError, the engine's writer renders LineError into an error row.
 """

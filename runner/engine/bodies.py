@@ -514,7 +514,7 @@ def parse_line(endpoint: str, body: Any, spec: ModelSpec) -> LineInput:
         return parse_completion(body, spec)
     if endpoint == EMBEDDINGS:
         return parse_embedding(body, spec)
-    raise LineError(f"Unsupported endpoint {endpoint!r}.", status=404, code="unknown_url", param="url")
+    raise LineError(f"Unsupported endpoint {endpoint!r}.", status=400, code="invalid_url", param="url")
 
 
 def check_supported(inp: LineInput, supported: set[str] | frozenset[str], backend: str) -> None:

@@ -176,7 +176,7 @@ class VllmBackend(Backend):
 
     def add(self, req: LineRequest) -> None:
         if self._closed:
-            raise LineError("the model was unloaded", status=503, code="model_unloaded")
+            raise LineError("the model was unloaded", status=503, code="model_not_loaded")
         if req.key in self._tracker:
             raise LineError(f"line {req.key} is already in flight", status=409)
         try:
