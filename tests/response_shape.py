@@ -1,7 +1,7 @@
 """The lines every backend answers for the shape comparison, and the key-by-key comparison itself.
 
 tests/test_response_shapes.py runs them through the simulated and transformers backends,
-tests/vllm/test_response_shapes.py through vLLM; each compares with the simulated backend's bodies
+tests/vllm/test_vllm_response_shapes.py through vLLM; each compares with the simulated backend's bodies
 (computed in process, pure Python), so the three agree key by key. Values may differ (text, token
 counts, ids); keys, nesting and which fields are objects may not.
 """

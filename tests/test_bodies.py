@@ -154,10 +154,11 @@ def test_body_not_an_object() -> None:
     bad(CHAT, ["x"], None, "invalid_type")
 
 
-def test_unknown_endpoint_is_a_404_line_error() -> None:
+def test_unknown_endpoint_is_an_invalid_url_line_error() -> None:
     with pytest.raises(LineError) as ei:
         parse_line("/v1/responses", {}, SPEC)
-    assert ei.value.status == 404 and ei.value.param == "url"
+    # the code validation and `runner run` give the same condition (runner/error_codes.py)
+    assert (ei.value.status, ei.value.code, ei.value.param) == (400, "invalid_url", "url")
 
 
 @pytest.mark.parametrize(

@@ -193,7 +193,9 @@ def test_completions_prompts_fan_out_and_echo(gen: HFBackend) -> None:
     assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
     assert body["choices"][0]["text"].startswith("ab") and body["choices"][2]["text"].startswith("cde")
     assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 12, "total_tokens": 17,
-                             "prompt_tokens_details": None}
+                             "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": None,
+                                                       "multimodal_tokens": None},
+                             "completion_tokens_details": None}
     ids = one(gen, req(COMP, {"model": "tiny", "prompt": [[97, 98]], "max_tokens": 3, "temperature": 0,
                               "ignore_eos": True}))
     assert ids["choices"][0]["text"] == body["choices"][0]["text"][2:]  # same prompt as bytes

@@ -31,7 +31,8 @@ def test_chat_completion_shape_and_usage() -> None:
     assert (body["object"], body["created"], body["model"]) == ("chat.completion", 123, "m")
     assert body["usage"] == {"prompt_tokens": 9, "total_tokens": 17, "completion_tokens": 8,
                              "prompt_tokens_details": {"cached_tokens": 0, "created_cache_tokens": None,
-                                                       "multimodal_tokens": None}}
+                                                       "multimodal_tokens": None},
+                             "completion_tokens_details": None}
     c0, c1 = body["choices"]
     assert c0["index"] == 0 and c1["index"] == 1
     assert c0["message"]["role"] == "assistant" and c0["message"]["content"] == "Paris."
@@ -85,7 +86,7 @@ def test_embedding_body_float_and_base64() -> None:
                             {"index": 1, "object": "embedding", "embedding": [1.0, 0.0]}]
     # UsageInfo.model_dump() of vLLM's pooling usage: completion_tokens 0 is there too
     assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0,
-                             "prompt_tokens_details": None}
+                             "prompt_tokens_details": None, "completion_tokens_details": None}
     b64 = embedding_body("e", vecs, 7, encoding_format="base64")
     enc = b64["data"][0]["embedding"]
     assert isinstance(enc, str) and enc == encode_base64([0.6, 0.8])

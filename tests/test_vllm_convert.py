@@ -128,6 +128,7 @@ def test_chat_body_has_vllm_shape_and_usage() -> None:
         "total_tokens": 9,
         "completion_tokens": 5,
         "prompt_tokens_details": {"cached_tokens": 2, "created_cache_tokens": None, "multimodal_tokens": None},
+        "completion_tokens_details": None,
     }
     assert usage_of(body) == Usage(prompt_tokens=4, completion_tokens=5, cached_tokens=2)
 
@@ -249,7 +250,8 @@ def test_embedding_body() -> None:
             {"index": 0, "object": "embedding", "embedding": [0.1, 0.2]},
             {"index": 1, "object": "embedding", "embedding": "AAAA"},
         ],
-        "usage": {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0, "prompt_tokens_details": None},
+        "usage": {"prompt_tokens": 7, "total_tokens": 7, "completion_tokens": 0, "prompt_tokens_details": None,
+                  "completion_tokens_details": None},
     }
 
 

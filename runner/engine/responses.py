@@ -6,7 +6,7 @@ PromptOutput themselves; the vLLM backend turns vLLM's RequestOutputs into the s
 backend (#12; tests/test_responses.py compares the backends key by key). The shape is that of the
 pinned vLLM's OpenAI server (`JSONResponse(content=response.model_dump())`, so unset optional
 fields are present as null), read from the 0.26.0 wheel and checked against 0.32's models by
-tests/vllm/test_response_shapes.py:
+tests/vllm/test_vllm_response_shapes.py:
 - chat:        vllm/entrypoints/openai/chat_completion/serving.py::chat_completion_full_generator,
                models in chat_completion/protocol.py (ChatMessage drops an empty `tool_calls` list
                in its serializer, so a plain answer has no `tool_calls` key);
@@ -94,6 +94,8 @@ def usage_dict(prompt_tokens: int, completion_tokens: int | None, cached_tokens:
         "total_tokens": prompt_tokens + (completion_tokens or 0),
         "completion_tokens": completion_tokens,
         "prompt_tokens_details": details,
+        # vLLM 0.32's UsageInfo has it (reasoning tokens; null unless a reasoning parser counts them)
+        "completion_tokens_details": None,
     }
 
 
