@@ -236,10 +236,8 @@ def _run_engine(settings: Settings, registry: ModelRegistry, source: FileSource)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         engine.start()
-        thread = engine._thread
-        assert thread is not None
-        while thread.is_alive() and not (source.ended.is_set() or source.models.failed.is_set()
-                                          or interrupted.is_set()):
+        while engine.running and not (source.ended.is_set() or source.models.failed.is_set()
+                                      or interrupted.is_set()):
             interrupted.wait(0.1)
         engine.stop(timeout=None)  # the writer drains and checkpoints; the models unload
     finally:

@@ -181,8 +181,6 @@ class FileSource:
         except BaseException:
             self._lock.close()
             raise
-        t = self.ledger.totals
-        self.start = (t.completed, t.failed, t.output_tokens)
 
     def _plan(self, scan: InputScan, max_line_bytes: int) -> list[FeedPlan]:
         """One feed per model the lines run on, and one for the lines that cannot run."""

@@ -94,6 +94,11 @@ class Engine:
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """The thread start() began is still running (the engine has not stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
         if self._thread is not None:
