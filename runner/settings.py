@@ -72,6 +72,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("engine", "RUNNER_ENGINE", True, "Start the engine process with `runner serve`.", _bool),
     Setting("backend", "RUNNER_BACKEND", "", "Override every model's backend (e.g. simulated).", str),
     Setting("threads", "RUNNER_THREADS", 0, "CPU threads for the transformers backend (0 = auto).", int),
+    Setting("vllm_cpu_kv_cache_gib", "RUNNER_VLLM_CPU_KV_CACHE_GIB", 0.0,
+            "KV cache of vLLM on a CPU, GiB (0 = 15% of available memory, 0.5-4 GiB); engine_args "
+            "kv_cache_memory_bytes or VLLM_CPU_KVCACHE_SPACE win.", float),
+    Setting("vllm_cpu_reserved_cpus", "RUNNER_VLLM_CPU_RESERVED_CPUS", -1,
+            "Cores vLLM on a CPU keeps free of compute (-1 = 0 on 4 usable CPUs or fewer, else vLLM's "
+            "choice); VLLM_CPU_NUM_OF_RESERVED_CPU wins.", int),
     Setting(
         "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
     ),
@@ -115,6 +121,8 @@ class Settings:
     engine: bool = True
     backend: str = ""
     threads: int = 0
+    vllm_cpu_kv_cache_gib: float = 0.0
+    vllm_cpu_reserved_cpus: int = -1
     max_inflight: int = 0
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
@@ -170,6 +178,8 @@ def _check(s: Settings) -> None:
         if getattr(s, name) <= 0:
             env = next(x.env for x in SETTINGS if x.name == name)
             raise ConfigError(f"{env} must be positive")
+    if s.vllm_cpu_kv_cache_gib < 0:
+        raise ConfigError("RUNNER_VLLM_CPU_KV_CACHE_GIB must be >= 0")
     if s.rate_limit < 0:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
     if s.backend and s.backend not in BACKENDS:

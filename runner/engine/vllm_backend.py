@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -45,6 +46,7 @@ from runner.engine.vllm_convert import (
     format_validation_errors,
     random_id,
 )
+from runner.engine.vllm_platform import cpu_defaults, vllm_device
 from runner.errors import ConfigError, EngineDead, LineError, endpoint_mismatch
 from runner.model_specs import ModelSpec
 
@@ -112,6 +114,34 @@ class _Api:
         self.FINAL_ONLY = RequestOutputKind.FINAL_ONLY
 
 
+# engine_args keys of the transformers backend, which vLLM does not know
+_TRANSFORMERS_ARGS = ("batch_size", "embed_batch_size", "step_seconds", "refill", "device", "max_inflight")
+
+
+def _engine_args(spec: ModelSpec, llm_cls: Any) -> dict[str, Any]:
+    """models.yaml engine_args as LLM() takes them. Under `backend: auto` a key vLLM does not know
+    (one meant for the transformers backend) is dropped with a warning, as the transformers backend
+    drops vLLM's; under `backend: vllm` it is a ConfigError naming it, not a TypeError at load."""
+    import dataclasses
+    import inspect
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    known |= {n for n, p in inspect.signature(llm_cls.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY
+              or p.kind is p.POSITIONAL_OR_KEYWORD}
+    args = {k: v for k, v in spec.engine_args.items() if k not in _OWN_ARGS}
+    unknown = sorted(set(args) - known)
+    if unknown and spec.backend == "auto":
+        logger.warning("vllm backend ignores engine_args model=%s keys=%s", spec.id, ",".join(unknown))
+        args = {k: v for k, v in args.items() if k in known}
+    elif unknown:
+        hint = " (transformers backend keys)" if set(unknown) <= set(_TRANSFORMERS_ARGS) else ""
+        raise ConfigError(f"model {spec.id!r}: engine_args {', '.join(unknown)} are not vLLM engine arguments"
+                          f"{hint}")
+    return args
+
+
 def _model_location(spec: ModelSpec, settings: Any) -> str:
     """A local folder when one can be had offline (local path, .gguf converted once, the HF cache,
     or a model packaged on PyPI); else the path as written, for vLLM to download where it can."""
@@ -135,8 +165,19 @@ class VllmBackend(Backend):
         self.spec = spec
         self.settings = settings
         self._api = _Api()
-        args = {k: v for k, v in spec.engine_args.items() if k not in _OWN_ARGS}
+        args = _engine_args(spec, LLM)
         args.setdefault("runner", "pooling" if spec.task == "embed" else "generate")
+        if vllm_device() == "cpu":
+            chosen = cpu_defaults(
+                args, os.environ,
+                kv_cache_gib=float(getattr(settings, "vllm_cpu_kv_cache_gib", 0.0) or 0.0),
+                reserved_cpus=int(getattr(settings, "vllm_cpu_reserved_cpus", -1)),
+            )
+            args.update(chosen.args)
+            # read by vLLM when it starts its CPU workers, which inherit this process's environment
+            os.environ.update(chosen.env)
+            for note in chosen.notes:
+                logger.info("vllm cpu default model=%s %s", spec.id, note)
         self._sleep_level = int(spec.engine_args.get("sleep_level", 1))
         self._sleep_mode = bool(args.get("enable_sleep_mode", False))
         model = _model_location(spec, settings)
