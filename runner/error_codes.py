@@ -38,7 +38,6 @@ CODES: dict[str, str] = {
     "missing_file": "an upload without its `file` part",
     "missing_purpose": "an upload without `purpose`",
     "invalid_purpose": "a `purpose` runner does not know",
-    "invalid_file_format": "a batch input upload that is not a .jsonl file",
     "invalid_file_purpose": "a batch created from a file whose purpose is not `batch`",
     "invalid_endpoint": "a batch's `endpoint` that is not a batch endpoint",
     "invalid_completion_window": "a completion_window other than those allowed",

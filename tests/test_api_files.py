@@ -105,9 +105,12 @@ def test_upload_unknown_purpose_is_400(client: TestClient) -> None:
                  param="purpose")
 
 
-def test_upload_batch_file_must_be_jsonl(client: TestClient) -> None:
-    assert_error(upload(client, jsonl(line()), filename="input.json"), 400, code="invalid_file_format",
-                 param="file")
+def test_upload_batch_file_takes_any_name(client: TestClient) -> None:
+    for name, shown in (("input.json", "input.json"), ("upload", "upload"), ("data", "data"),
+                        ("../dir/x.txt", "x.txt")):
+        r = upload(client, jsonl(line()), filename=name)
+        assert r.status_code == 200, r.text
+        assert r.json()["filename"] == shown and r.json()["purpose"] == "batch"
 
 
 def test_upload_over_the_cap_is_413_and_leaves_nothing(settings: Settings, registry: ModelRegistry) -> None:

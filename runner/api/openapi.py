@@ -207,7 +207,7 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
                                   _json_response("Ready.", _ref("Health")), ()), "security": []}},
         "/v1/files": {
             "post": _op(
-                "createFile", "Upload a file (streamed to disk; .jsonl for purpose batch)." + upload_note,
+                "createFile", "Upload a file (streamed to disk; any name)." + upload_note,
                 _with_links(_json_response("The File object.", _ref("File")), FILE_LINKS), (400, 413, 503),
                 requestBody={"required": True, "content": {"multipart/form-data": {
                     "schema": _ref("UploadFileRequest"),
