@@ -12,6 +12,9 @@ model, prompts and engine arguments on every side, model load excluded, repeats 
 Sides, each in its own process, one after another (they must not share the device):
   raw         `LLM.chat` on every prompt at once (what `vllm bench throughput` times); timed
               around the call
+  raw-tuned   the same, with runner's choice of vLLM environment on this device (on a CPU with 4
+              cores or fewer: VLLM_CPU_NUM_OF_RESERVED_CPU=0, runner/engine/vllm_platform.py), so
+              runner's pipeline and runner's defaults can be told apart
   run-batch   `vllm run-batch` (or `python -m vllm.entrypoints.openai.run_batch` where the console
               script is missing, as with vllm-cpu), timed from its "Reading batch from" log line
               to its "Writing outputs" line (load and shutdown excluded)
@@ -62,7 +65,7 @@ if __name__ == "__main__":  # vLLM's engine core starts with spawn and re-import
           "output_tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}), flush=True)
 """
 
-SIDES = ("raw", "run-batch", "runner-http", "runner-run")
+SIDES = ("raw", "raw-tuned", "run-batch", "runner-http", "runner-run")
 
 
 class TreeRss:
@@ -129,9 +132,18 @@ def _usage(path: Path) -> tuple[int, int, int]:
     return rows, prompt, out
 
 
-def run_raw(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
+def runner_env() -> dict[str, str]:
+    """The vLLM environment runner's engine would add here (nothing where vLLM runs on CUDA)."""
+    from runner.engine.vllm_platform import cpu_defaults, vllm_device
+
+    if vllm_device() != "cpu":
+        return {}
+    return cpu_defaults({"kv_cache_memory_bytes": 0, "enforce_eager": True}, dict(os.environ)).env
+
+
+def run_raw(cfg: dict[str, Any], tmp: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-c", RAW_SCRIPT, json.dumps(cfg)], stdout=subprocess.PIPE,
-                            stderr=open(tmp / "raw.log", "ab"), text=True)
+                            stderr=open(tmp / "raw.log", "ab"), text=True, env={**os.environ, **(env or {})})
     rss = TreeRss(proc.pid)
     out, _ = proc.communicate()
     peak = rss.stop()
@@ -261,7 +273,12 @@ def run_runner_run(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
             "prompt_tokens": prompt, "output_tokens": output}
 
 
-RUNNERS = {"raw": run_raw, "run-batch": run_batch_cli, "runner-http": run_runner_http, "runner-run": run_runner_run}
+def run_raw_tuned(cfg: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    return {**run_raw(cfg, tmp, runner_env()), "env": runner_env()}
+
+
+RUNNERS = {"raw": run_raw, "raw-tuned": run_raw_tuned, "run-batch": run_batch_cli, "runner-http": run_runner_http,
+           "runner-run": run_runner_run}
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -343,12 +360,22 @@ def main() -> int:
     print(table(rows, ["side", "ok_runs", "output_tok_s", "output_tok_s_min", "output_tok_s_max", "req_s",
                        "first_row_s", "peak_rss_mb"]))
     ratios: dict[str, float] = {}
-    for a, b in (("runner-http", "raw"), ("runner-run", "raw"), ("runner-http", "run-batch"),
-                 ("runner-run", "run-batch"), ("raw", "run-batch")):
+    pairs = (("runner-http", "raw"), ("runner-run", "raw"), ("runner-http", "raw-tuned"),
+             ("runner-run", "raw-tuned"), ("runner-http", "run-batch"), ("runner-run", "run-batch"),
+             ("raw", "run-batch"), ("raw-tuned", "raw"))
+    for a, b in pairs:
         if "output_tok_s" in summary.get(a, {}) and "output_tok_s" in summary.get(b, {}):
             ratios[f"{a}/{b}"] = summary[a]["output_tok_s"] / summary[b]["output_tok_s"]
     for k, v in ratios.items():
         print(f"{k} output tok/s (medians): {v:.3f}")
+    # end to end: the whole command, load and shutdown included (runner-http: server start + warm-up too)
+    walls = {side: statistics.median([r["wall_s"] for r in results if r["side"] == side and "seconds" in r] or [0])
+             for side in sides}
+    for a in ("runner-run", "runner-http"):
+        if walls.get(a) and walls.get("run-batch"):
+            ratios[f"{a}/run-batch end to end"] = walls["run-batch"] / walls[a]
+            print(f"{a} vs run-batch end to end (whole command, medians): {walls[a]:.0f} s vs "
+                  f"{walls['run-batch']:.0f} s = {walls['run-batch'] / walls[a]:.2f}x")
     if rss_rows:
         print(table(rss_rows, ["side", "lines", "rows", "seconds", "peak_rss_mb"]))
     try:
