@@ -33,6 +33,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What the engine logs when it loads a model, per backend (vllm_backend.py, hf_backend.py)
+_LOADED = (("vllm loading model=", "vllm"), ("transformers model loaded model=", "transformers"))
+
+
+def backends_used(log: str) -> dict[str, str]:
+    """model id -> the backend the engine loaded it on, read from the server's log: what ran, not
+    what models.yaml asked for (`auto` decides in the engine)."""
+    used: dict[str, str] = {}
+    for line in log.splitlines():
+        for marker, backend in _LOADED:
+            at = line.find(marker)
+            if at >= 0:
+                used[line[at + len(marker):].split()[0]] = backend
+    return used
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--input", default=str(ROOT / "examples" / "sample_batch.jsonl"))
@@ -99,6 +115,8 @@ def main() -> int:
                 print(f"timed out; server log: {log_path}", file=sys.stderr)
                 return 1
         print(f"batch {batch.status} in {time.monotonic() - started:.1f} s; usage: {batch.usage}")
+        for model, backend in backends_used(log_path.read_text(errors="replace")).items():
+            print(f"model {model} ran on the {backend} backend")
         if batch.status != "completed":
             print(f"{batch.errors}\nserver log: {log_path}", file=sys.stderr)
             return 1

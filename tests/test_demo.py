@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.engine.vllm_platform import vllm_device
+
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +40,9 @@ def test_demo_answers_names_its_log_and_converts_once(tmp_path: Path) -> None:
     assert (data / "demo-server.log").stat().st_size > 0
     assert "converts SmolLM2-135M-Instruct.Q4_1.gguf once" in first.stdout
     assert "batch completed" in first.stdout and "[q]" in first.stdout
+    # the backend the engine loaded, as `backend: auto` chose it for this venv and machine
+    expected = "vllm" if vllm_device() is not None else "transformers"
+    assert f"model smollm2-135m-instruct ran on the {expected} backend" in first.stdout, first.stdout
 
     second = _demo(data, inp)
     assert second.returncode == 0, second.stdout + second.stderr
