@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,11 @@ def test_completion_logprobs(gen: HFBackend) -> None:
          "context_length_exceeded"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": TINY_LLAMA_CONTEXT}, "max_tokens",
          "context_length_exceeded"),
-        ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}},
-         "response_format", "unsupported_parameter"),
+        ({"messages": [{"role": "user", "content": "x"}],
+          "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strin"}}}},
+         "response_format.json_schema.schema", "invalid_value"),
+        ({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "structural_tag"}},
+         "response_format.type", "unsupported_parameter"),
         ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}, "tools",
          "unsupported_parameter"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n", "invalid_value"),
@@ -384,3 +388,56 @@ def test_no_transformers_deprecation_logged(tiny_llama_dir: Path, hf_settings: S
     run(backend, chat_req("a", max_tokens=4), chat_req("bb", max_tokens=6))
     backend.close()
     assert not [r.getMessage() for r in caplog.records if "deprecat" in r.getMessage().lower()]
+
+
+# -- response_format (runner/engine/grammar.py; the real-model tests are in test_real_models.py) ----
+
+ANSWER = {"type": "object", "properties": {"answer": {"enum": ["yes", "no"]},
+                                           "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+          "required": ["answer", "n"], "additionalProperties": False}
+
+
+def _schema_rf(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+def test_response_format_makes_random_weights_write_valid_json(gen: HFBackend) -> None:
+    """The tiny model's weights are random: only the grammar's mask can make its text valid JSON."""
+    import jsonschema_rs
+    validator = jsonschema_rs.validator_for(ANSWER)
+    reqs = [chat_req(f"q{i}", seed=i, temperature=1.0, max_tokens=300, response_format=_schema_rf(ANSWER))
+            for i in range(1, 5)]
+    reqs.append(chat_req("two", seed=7, n=2, temperature=1.0, max_tokens=300, response_format=_schema_rf(ANSWER)))
+    reqs.append(req(COMP, {"model": "tiny", "prompt": "obj:", "seed": 3, "temperature": 1.0, "max_tokens": 300,
+                           "response_format": {"type": "json_object"}}))
+    out = run(gen, *reqs)
+    for r in reqs[:-1]:
+        for choice in out[r.key].body["choices"]:
+            assert choice["finish_reason"] == "stop", choice  # the grammar completed: no EOS needed
+            validator.validate(json.loads(choice["message"]["content"]))
+    (choice,) = out[reqs[-1].key].body["choices"]
+    assert choice["finish_reason"] == "stop" and isinstance(json.loads(choice["text"]), dict)
+    # without the grammar the same seeded lines are not JSON
+    free = run(gen, chat_req("q1", seed=1, temperature=1.0, max_tokens=40))
+    with pytest.raises(ValueError):
+        json.loads(next(iter(free.values())).body["choices"][0]["message"]["content"])
+
+
+def test_response_format_leaves_the_other_rows_of_the_batch_alone(gen: HFBackend) -> None:
+    plain = [chat_req(f"plain {i}", temperature=0, max_tokens=10) for i in range(3)]
+    alone = run(gen, *plain)
+    again = [chat_req(f"plain {i}", temperature=0, max_tokens=10) for i in range(3)]
+    mixed = run(gen, *again, chat_req("json", seed=1, temperature=1.0, max_tokens=50,
+                                      response_format={"type": "json_object"}))
+    assert [alone[r.key].body["choices"] for r in plain] == [mixed[r.key].body["choices"] for r in again]
+
+
+def test_response_format_wins_over_min_tokens_and_stop_token_ids(gen: HFBackend) -> None:
+    """min_tokens bans the stop token ids (here every digit) and EOS: the integer schema then allows
+    nothing else, so the grammar's mask alone decides rather than a row of -inf logits."""
+    digits = list(range(ord("0"), ord("9") + 1))  # the byte-level tiny tokenizer: id = byte
+    body = one(gen, chat_req("n?", temperature=0, min_tokens=3, stop_token_ids=digits, max_tokens=20,
+                             response_format=_schema_rf({"type": "integer"})))
+    (choice,) = body["choices"]
+    assert choice["finish_reason"] == "stop" and body["usage"]["completion_tokens"] >= 1
+    int(choice["message"]["content"])  # an integer, whatever the stop token cut

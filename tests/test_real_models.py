@@ -9,6 +9,7 @@ $RUNNER_TEST_MODEL_CACHE (default ~/.cache/runner-test), so later runs only load
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ pytest.importorskip("transformers")
 
 from runner.engine.backend import LineRequest, LineResult  # noqa: E402
 from runner.engine.hf_backend import HFBackend  # noqa: E402
+from runner.errors import LineError  # noqa: E402
 from runner.model_specs import load_model_specs  # noqa: E402
 from runner.settings import Settings  # noqa: E402
 
@@ -100,6 +102,47 @@ def test_smollm2_completions(smollm: HFBackend) -> None:
                      "temperature": 0})
     body = run(smollm, r)["b:c"].body
     assert body["object"] == "text_completion" and _readable(body["choices"][0]["text"])
+
+
+CAPITAL = {"type": "object", "properties": {"country": {"type": "string"}, "capital": {"type": "string"}},
+           "required": ["country", "capital"], "additionalProperties": False}
+
+
+def _chat(key: str, question: str, **kw: Any) -> LineRequest:
+    return LineRequest(f"b:{key}", "b", key, "/v1/chat/completions",
+                       {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": question}],
+                        "temperature": 0, **kw})
+
+
+def test_smollm2_structured_output(smollm: HFBackend) -> None:
+    """response_format on the transformers backend (runner/engine/grammar.py, llguidance)."""
+    import jsonschema_rs
+    schema_line = _chat("s", "What is the capital of France?", max_tokens=60,
+                        response_format={"type": "json_schema", "json_schema": {"name": "capital", "schema": CAPITAL}})
+    object_line = _chat("o", 'Give the capital of France as a JSON object with a key "capital".', max_tokens=100,
+                        response_format={"type": "json_object"})
+    free_line = _chat("f", "What is the capital of France?", max_tokens=24)
+    out = run(smollm, schema_line, object_line, free_line)
+    choice = out["b:s"].body["choices"][0]
+    answer = json.loads(choice["message"]["content"])
+    jsonschema_rs.validator_for(CAPITAL).validate(answer)
+    assert answer["capital"] == "Paris" and choice["finish_reason"] == "stop", answer  # observed FRANCE / Paris
+    choice = out["b:o"].body["choices"][0]
+    assert choice["finish_reason"] == "stop", choice
+    assert isinstance(json.loads(choice["message"]["content"]), dict)  # observed {"capital": "Paris"}
+    free = out["b:f"].body["choices"][0]["message"]["content"]
+    assert "paris" in free.lower() and not free.lstrip().startswith("{")  # the unconstrained row is plain text
+
+
+def test_smollm2_bad_schema_is_a_line_error(smollm: HFBackend) -> None:
+    bad = _chat("x", "Hi", response_format={"type": "json_schema",
+                                           "json_schema": {"name": "x", "schema": {"type": "object",
+                                                                                   "required": 3}}})
+    with pytest.raises(LineError) as ei:
+        smollm.add(bad)
+    assert (ei.value.status, ei.value.code, ei.value.param) == (400, "invalid_value",
+                                                                "response_format.json_schema.schema")
+    assert not smollm.has_unfinished()
 
 
 def _cos(a: list[float], b: list[float]) -> float:

@@ -41,6 +41,7 @@ from runner.engine.bodies import (
     check_supported,
     parse_line,
 )
+from runner.engine.grammar import Grammars, RowGrammar
 from runner.engine.model_files import resolve_model_path
 from runner.engine.responses import (
     ChoiceOutput,
@@ -63,7 +64,7 @@ SUPPORTED = frozenset({
     "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
     "repetition_penalty", "stop", "stop_token_ids", "logprobs", "ignore_eos", "min_tokens", "logit_bias",
     "n", "echo", "include_stop_str_in_output", "skip_special_tokens", "continue_final_message",
-    "truncate_prompt_tokens",
+    "truncate_prompt_tokens", "response_format",
 })
 _ENGINE_ARGS = {"batch_size", "embed_batch_size", "step_seconds", "refill", "dtype", "device", "max_model_len",
                 "max_inflight", "trust_remote_code"}
@@ -86,6 +87,7 @@ class _Seq:
     stop_reason: str | int | None = None
     text: str | None = None  # set when a stop string cut the text
     counts: dict[int, int] = field(default_factory=dict)
+    grammar: RowGrammar | None = None  # response_format's constraint on this sequence (grammar.py)
 
 
 @dataclass
@@ -167,6 +169,7 @@ class HFBackend(Backend):
         self._order = 0
         self._generated = 0  # output tokens decoded since load (see generated_tokens)
         self._sampler = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        self._grammars = Grammars(self.tokenizer, self.vocab_size)  # llguidance loads on first use
         logger.info("transformers model loaded model=%s path=%s task=%s device=%s dtype=%s threads=%d "
                     "batch=%d context=%d seconds=%.1f", spec.id, self.path, spec.task, self.device,
                     dtype_name, threads, self.batch_size, self.context, time.monotonic() - t0)
@@ -191,6 +194,7 @@ class HFBackend(Backend):
         else:
             prompts = self._prompt_ids(inp)
             s = inp.sampling
+            grammar = self._grammars.compile(s.response_format) if s.response_format is not None else None
             for p, ids in enumerate(prompts):
                 max_tokens = self._max_tokens(len(ids), s, inp)
                 line.prompt_tokens.append(len(ids))
@@ -203,7 +207,10 @@ class HFBackend(Backend):
                     gen = None
                     if s.seed is not None and not s.greedy:
                         gen = torch.Generator().manual_seed((s.seed * 1_000_003 + c) % (2**63))
-                    line.seqs.append(_Seq(line, p, c, ids, max_tokens, gen))
+                    row = _Seq(line, p, c, ids, max_tokens, gen)
+                    if grammar is not None:
+                        row.grammar = self._grammars.matcher(grammar)
+                    line.seqs.append(row)
             line.remaining = len(line.seqs)
             for seq in line.seqs:
                 if seq.max_tokens == 0:  # echo-only completion
@@ -457,6 +464,11 @@ class HFBackend(Backend):
             for tid in self.eos_ids | set(s.stop_token_ids):
                 if tid < logits.shape[0]:
                     logits[tid] = float("-inf")
+        if row.grammar is not None:
+            row.grammar.mask(logits)
+            if not bool(torch.isfinite(logits).any()):  # e.g. min_tokens forbids the EOS that alone
+                logits = raw.clone()                    # ends the JSON: the grammar wins
+                row.grammar.mask(logits)
         if s.greedy:
             tok = int(torch.argmax(logits))
         else:
@@ -511,6 +523,11 @@ class HFBackend(Backend):
                     row.text = text[: at + len(x)] if s.include_stop_str_in_output else text[:at]
                     row.done, row.finish_reason, row.stop_reason = True, "stop", x
                     return
+        if row.grammar is not None:
+            row.grammar.accept(tok)
+            if row.grammar.complete:  # the JSON value is whole: only EOS could follow, so stop here
+                row.done, row.finish_reason = True, "stop"
+                return
         if n >= row.max_tokens:
             row.done, row.finish_reason = True, "length"
 
