@@ -62,6 +62,7 @@ CODES: dict[str, str] = {
     "model_not_found": "a model this server (or run) does not serve",
     "model_endpoint_mismatch": "a model that does not serve the line's endpoint",
     "stream_unsupported": "stream: true in a batch line",
+    "unsupported_parameter": "a parameter (or JSON Schema keyword) the line's backend cannot honour",
     # -- lines, in the error file --------------------------------------------------------------------
     "context_length_exceeded": "prompt plus max_tokens over the model's context",
     "chat_template_missing": "a chat line for a model without a chat template",

@@ -120,6 +120,10 @@ class ChatInput:
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     tools: tuple[dict[str, Any], ...] | None = None
+    # None (no tools: OpenAI's and vLLM's default is then "none", with tools "auto"), "none", "auto",
+    # "required", or the name of the function a {"type": "function", ...} choice names
+    tool_choice: str | None = None
+    forced_function: str | None = None
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -410,6 +414,29 @@ def _message(i: int, m: Any) -> dict[str, str]:
     return out
 
 
+def _tool_choice(value: Any, tools: list[Any] | None) -> tuple[str | None, str | None]:
+    """(tool_choice, forced function name), checked as vLLM's ChatCompletionRequest checks it."""
+    if value is None:
+        return ("auto" if tools else None), None
+    if value == "none":
+        return "none", None
+    if tools is None:
+        raise _bad("'tool_choice' needs 'tools'.", "tool_choice")
+    if value in ("auto", "required"):
+        return value, None
+    if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("function"), dict):
+        name = value["function"].get("name")
+        if isinstance(name, str) and name:
+            names = {t["function"].get("name") for t in tools
+                     if isinstance(t, dict) and isinstance(t.get("function"), dict)}
+            if name not in names:
+                raise _bad(f"'tool_choice' names function {_show(name)}, which is not among 'tools'.",
+                           "tool_choice")
+            return "function", name
+    raise _bad("'tool_choice' must be 'none', 'auto', 'required' or "
+               '{"type": "function", "function": {"name": ...}}.', "tool_choice")
+
+
 def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
     _check_fields(body, _CHAT_FIELDS)
     messages = body.get("messages")
@@ -420,6 +447,7 @@ def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("'tools' must be a list.", "tools", "invalid_type")
+    tool_choice, forced = _tool_choice(body.get("tool_choice"), tools or None)
     agp = _bool(body, "add_generation_prompt")
     cfm = _bool(body, "continue_final_message")
     if cfm and agp:
@@ -443,6 +471,8 @@ def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
         add_generation_prompt=(not cfm) if agp is None else agp,
         continue_final_message=bool(cfm),
         tools=tuple(tools) if tools else None,
+        tool_choice=tool_choice,
+        forced_function=forced,
         chat_template_kwargs=dict(ctk or {}),
     )
 

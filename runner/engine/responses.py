@@ -53,6 +53,15 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class ToolCallOutput:
+    """One function call of a choice (vLLM's ToolCall: id, type "function", name, JSON arguments)."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON text, as OpenAI sends it
+
+
+@dataclass(frozen=True)
 class ChoiceOutput:
     """One generated sequence (one of the n choices of one prompt)."""
 
@@ -64,6 +73,7 @@ class ChoiceOutput:
     token_ids: tuple[int, ...] | None = None  # shown only when the request asked (return_token_ids)
     # completions: text_offset of the first logprob token (default: after the echoed prompt text)
     logprobs_offset: int | None = None
+    tool_calls: tuple[ToolCallOutput, ...] | None = None  # chat: the calls the choice made, if any
 
 
 @dataclass(frozen=True)
@@ -137,18 +147,25 @@ def chat_completion_body(
     completion_tokens = 0
     for i, c in enumerate(prompt.choices):
         completion_tokens += c.num_tokens
+        message: dict[str, object] = {
+            "role": role,
+            "content": c.text,
+            "refusal": None,
+            "annotations": None,
+            "audio": None,
+            "function_call": None,
+            "reasoning": None,
+        }
+        if c.tool_calls:  # in ChatMessage's field order; no key at all when there are none
+            del message["reasoning"]
+            message["tool_calls"] = [{"id": t.id, "type": "function",
+                                      "function": {"name": t.name, "arguments": t.arguments}}
+                                     for t in c.tool_calls]
+            message["reasoning"] = None
         choices.append(
             {
                 "index": i,
-                "message": {
-                    "role": role,
-                    "content": c.text,
-                    "refusal": None,
-                    "annotations": None,
-                    "audio": None,
-                    "function_call": None,
-                    "reasoning": None,
-                },
+                "message": message,
                 "logprobs": _chat_logprobs(c.logprobs),
                 "finish_reason": c.finish_reason or "stop",
                 "stop_reason": c.stop_reason,
