@@ -187,8 +187,11 @@ def test_sdk_error_classes(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.batches.create(input_file_id="file-x", endpoint="/v1/responses", completion_window="24h")
     assert bad.value.status_code == 400 and bad.value.param == "endpoint"
-    with pytest.raises(openai.BadRequestError):
-        sdk.files.create(file=("x.txt", io.BytesIO(b"x")), purpose="batch")
+    with pytest.raises(openai.BadRequestError) as purpose:
+        sdk.files.create(file=("x.jsonl", io.BytesIO(b"x")), purpose="batchy")  # type: ignore[arg-type]
+    assert purpose.value.code == "invalid_purpose"
+    # any name is taken for purpose batch (#13): lines are checked when a batch is created
+    assert sdk.files.create(file=("x.txt", io.BytesIO(b"x")), purpose="batch").filename == "x.txt"
     with pytest.raises(openai.NotFoundError):
         sdk.batches.retrieve("batch_doesnotexist")
     with pytest.raises(openai.NotFoundError):
