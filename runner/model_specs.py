@@ -13,10 +13,11 @@ from runner.errors import ConfigError
 BACKENDS = ("auto", "vllm", "transformers", "simulated")
 TASKS = ("generate", "embed")
 ENDPOINTS_BY_TASK = {
-    "generate": ("/v1/chat/completions", "/v1/completions"),
+    # /v1/responses runs as a chat completion (engine/responses_api.py), so every generate model serves it
+    "generate": ("/v1/chat/completions", "/v1/completions", "/v1/responses"),
     "embed": ("/v1/embeddings",),
 }
-SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+SUPPORTED_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 
 # The model-config fields of the Mithril document, with their defaults when models.yaml omits them.
 CONFIG_FIELDS: dict[str, Any] = {

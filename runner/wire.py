@@ -99,11 +99,14 @@ def model_config_object(spec: ModelSpec, loaded_at: float) -> dict[str, Any]:
         "created_at": spec.created_at or stamp,
         "updated_at": spec.updated_at or stamp,
         "status": c["status"],
+        "endpoints": list(spec.endpoints),  # the batch endpoints this model serves
     }
 
 
 def model_object(spec: ModelSpec, created: int) -> dict[str, Any]:
-    return {"id": spec.id, "object": "model", "created": created, "owned_by": "runner"}
+    # endpoints: which batch endpoints the model serves (an extension; OpenAI's Model has no such key)
+    return {"id": spec.id, "object": "model", "created": created, "owned_by": "runner",
+            "endpoints": list(spec.endpoints)}
 
 
 def output_line(line_id: str, custom_id: str, status_code: int, request_id: str, body: Any) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def test_mithril_create_with_input_file_id_only(client: TestClient, endpoint: st
 
 
 def test_mithril_create_on_a_file_with_no_usable_url_is_400(client: TestClient) -> None:
-    fid = upload_ok(client, b'{"custom_id": "a", "url": "/v1/responses"}\n')["id"]
+    fid = upload_ok(client, b'{"custom_id": "a", "url": "/v1/moderations"}\n')["id"]
     assert_error(client.post("/v1/batches", json={"input_file_id": fid}), 400, param="endpoint")
 
 
@@ -121,8 +121,6 @@ def test_retrieve_and_unknown_ids(client: TestClient) -> None:
          "missing_required_parameter"),
         ({"input_file_id": "F", "endpoint": None, "completion_window": "24h"}, "endpoint",
          "missing_required_parameter"),
-        ({"input_file_id": "F", "endpoint": "/v1/responses", "completion_window": "24h"}, "endpoint",
-         "invalid_endpoint"),
         ({"input_file_id": "F", "endpoint": "/v1/moderations", "completion_window": "24h"}, "endpoint",
          "invalid_endpoint"),
         ({"input_file_id": "F", "endpoint": "/v2/chat", "completion_window": "24h"}, "endpoint", "invalid_endpoint"),

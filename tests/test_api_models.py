@@ -27,7 +27,7 @@ def test_model_config_has_every_mithril_field(client: TestClient) -> None:
     models = body["active_models"]
     assert [m["id"] for m in models] == ["sim-chat", "sim-embed"]
     for m in models:
-        assert set(m) == MITHRIL_FIELDS
+        assert set(m) == MITHRIL_FIELDS | {"endpoints"}
         assert m["name"] == m["id"] and m["model_code"] == m["id"]
         assert m["status"] == "active"
         assert ISO.match(m["created_at"]) and ISO.match(m["updated_at"])
@@ -68,7 +68,7 @@ models:
         "output_price_cents": 9, "model_code": "bm", "num_parameters_billions": 0.135, "num_experts": 8,
         "context_length": 8192, "display_order": 2, "license_url": "https://example.invalid/license",
         "created_at": "2025-09-29T21:47:53.119Z", "updated_at": "2025-10-01T00:00:00.000Z",
-        "status": "deprecated",
+        "status": "deprecated", "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/responses"],
     }
 
 
@@ -79,8 +79,11 @@ def test_models_openai_shape(client: TestClient) -> None:
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == ["sim-chat", "sim-embed"]
     for m in body["data"]:
-        assert set(m) == {"id", "object", "created", "owned_by"}
+        assert set(m) == {"id", "object", "created", "owned_by", "endpoints"}
         assert m["object"] == "model" and isinstance(m["created"], int) and isinstance(m["owned_by"], str)
+    # which batch endpoints each model serves (its task decides)
+    assert [m["endpoints"] for m in body["data"]] == [
+        ["/v1/chat/completions", "/v1/completions", "/v1/responses"], ["/v1/embeddings"]]
 
 
 def test_health(client: TestClient) -> None:

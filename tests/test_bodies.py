@@ -156,7 +156,7 @@ def test_body_not_an_object() -> None:
 
 def test_unknown_endpoint_is_an_invalid_url_line_error() -> None:
     with pytest.raises(LineError) as ei:
-        parse_line("/v1/responses", {}, SPEC)
+        parse_line("/v1/moderations", {}, SPEC)
     # the code validation and `runner run` give the same condition (runner/error_codes.py)
     assert (ei.value.status, ei.value.code, ei.value.param) == (400, "invalid_url", "url")
 

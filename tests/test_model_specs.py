@@ -23,7 +23,7 @@ def test_minimal_entry_gets_defaults() -> None:
                                                                                     512, {})
     assert set(spec.config) == set(CONFIG_FIELDS)
     assert spec.config["name"] == "m" and spec.config["model_code"] == "m" and spec.config["display_order"] == 0
-    assert spec.endpoints == ("/v1/chat/completions", "/v1/completions")
+    assert spec.endpoints == ("/v1/chat/completions", "/v1/completions", "/v1/responses")
     assert spec.serves("/v1/completions") and not spec.serves("/v1/embeddings")
 
 

@@ -185,7 +185,7 @@ def test_batch_list_auto_pagination(sdk: openai.OpenAI) -> None:
 
 def test_sdk_error_classes(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk.batches.create(input_file_id="file-x", endpoint="/v1/responses", completion_window="24h")
+        sdk.batches.create(input_file_id="file-x", endpoint="/v1/moderations", completion_window="24h")
     assert bad.value.status_code == 400 and bad.value.param == "endpoint"
     with pytest.raises(openai.BadRequestError) as purpose:
         sdk.files.create(file=("x.jsonl", io.BytesIO(b"x")), purpose="batchy")  # type: ignore[arg-type]

@@ -94,7 +94,7 @@ def test_url_equals_endpoint(v: Any) -> None:
 
 
 def test_url_unsupported(v: Any) -> None:
-    e = _only(v(jsonl(line(url="/v1/responses"))))
+    e = _only(v(jsonl(line(url="/v1/moderations"))))
     assert (e["code"], e["param"]) == ("invalid_url", "url")
 
 

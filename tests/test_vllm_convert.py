@@ -391,5 +391,5 @@ def test_backend_add_rejects_unknown_endpoint_before_vllm() -> None:
 
     backend = _bare_backend(FakeEngine())
     with pytest.raises(LineError) as info:
-        backend.add(LineRequest("b:1", "b", "c", "/v1/responses", {"model": "m"}))
+        backend.add(LineRequest("b:1", "b", "c", "/v1/moderations", {"model": "m"}))
     assert info.value.status == 404

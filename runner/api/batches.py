@@ -20,7 +20,7 @@ from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS
 from runner.wire import batch_object, page
 
-OPENAI_ONLY_ENDPOINTS = ("/v1/responses", "/v1/moderations", "/v1/images/generations", "/v1/images/edits",
+OPENAI_ONLY_ENDPOINTS = ("/v1/moderations", "/v1/images/generations", "/v1/images/edits",
                          "/v1/videos")
 CREATE_FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 

@@ -38,6 +38,8 @@ def _closed(props: dict[str, Any], required: list[str] | None = None) -> dict[st
 
 INT = {"type": "integer"}
 STR = {"type": "string"}
+ENDPOINT_LIST = {"type": "array", "items": {"type": "string", "enum": list(SUPPORTED_ENDPOINTS)},
+                 "description": "The batch endpoints the model serves."}
 TS = {"type": "integer", "minimum": 0}
 EXPIRES_AFTER = _closed(
     {"anchor": {"type": "string", "enum": ["created_at"], "default": "created_at"},
@@ -123,9 +125,11 @@ SCHEMAS: dict[str, Any] = {
         "num_parameters_billions": _nullable({"type": "number"}), "num_experts": _nullable({"type": "number"}),
         "context_length": _nullable({"type": "number"}), "display_order": {"type": "number"},
         "license_url": _nullable(STR), "created_at": STR, "updated_at": STR, "status": STR,
+        "endpoints": ENDPOINT_LIST,
     }),
     "ModelConfigList": _closed({"active_models": {"type": "array", "items": _ref("ModelConfig")}}),
-    "Model": _closed({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR}),
+    "Model": _closed({"id": STR, "object": {"const": "model"}, "created": INT, "owned_by": STR,
+                      "endpoints": ENDPOINT_LIST}),
     "ModelList": _closed({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}),
     "Health": {"type": "object", "properties": {
         "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},

@@ -30,7 +30,7 @@ class LineRequest:
     key: str  # unique inside the engine: "<batch_id>:<line number>"
     batch_id: str
     custom_id: str
-    endpoint: str  # /v1/chat/completions | /v1/completions | /v1/embeddings
+    endpoint: str  # /v1/chat/completions | /v1/completions | /v1/embeddings | /v1/responses
     body: dict[str, Any]
     line: int = 0  # 1-based line number in the input file
 

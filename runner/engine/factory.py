@@ -27,6 +27,16 @@ def resolve_backend(spec: ModelSpec, settings: Settings) -> str:
 
 
 def make_backend(spec: ModelSpec, settings: Settings) -> Backend:
+    backend = _make(spec, settings)
+    if spec.task == "generate":
+        # /v1/responses lines run as chat completions on whichever backend this is (one conversion)
+        from runner.engine.responses_api import ResponsesAdapter
+
+        backend = ResponsesAdapter(backend)
+    return backend
+
+
+def _make(spec: ModelSpec, settings: Settings) -> Backend:
     kind = resolve_backend(spec, settings)
     if kind == "simulated":
         from runner.engine.simulated import SimulatedBackend

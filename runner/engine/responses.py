@@ -311,3 +311,93 @@ def usage_of(body: dict[str, Any]) -> Usage:
     return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
                  completion_tokens=int(u.get("completion_tokens") or 0),
                  cached_tokens=int(details.get("cached_tokens") or 0))
+
+
+def _response_logprobs(chat_logprobs: Any) -> list[dict[str, Any]] | None:
+    """A chat choice's logprobs.content -> output_text.logprobs (same entries; top ones in the
+    Responses order token, bytes, logprob)."""
+    if not isinstance(chat_logprobs, dict):
+        return None
+    return [
+        {"token": e["token"], "bytes": e["bytes"] or [], "logprob": e["logprob"],
+         "top_logprobs": [{"token": t["token"], "bytes": t["bytes"] or [], "logprob": t["logprob"]}
+                          for t in e.get("top_logprobs") or ()]}
+        for e in chat_logprobs.get("content") or ()
+    ]
+
+
+def response_object_body(chat: dict[str, Any], request: dict[str, Any], *, response_id: str,
+                         logprobs: bool = False) -> dict[str, Any]:
+    """A /v1/responses line's answer: OpenAI's `response` object, built from the chat.completion
+    body that ran it (engine/responses_api.py) and echoing its Responses `request`. Keys as vLLM
+    0.32's ResponsesResponse.model_dump() (responses/protocol.py; its serving.py's fallback for
+    models without a reasoning or tool parser builds the output message); values as OpenAI's API
+    gives them where vLLM's differ: a message cut by max_output_tokens is `incomplete`, as the
+    response is. The openai SDK's `Response` parses it (tests/test_responses_api.py)."""
+    choice = chat["choices"][0]
+    message = choice["message"]
+    cut = choice.get("finish_reason") == "length"
+    status = "incomplete" if cut else "completed"
+    output: list[dict[str, Any]] = []
+    text = message.get("content")
+    if text or not message.get("tool_calls"):
+        content = []
+        if text:
+            content.append({"type": "output_text", "text": text, "annotations": [],
+                            "logprobs": _response_logprobs(choice.get("logprobs")) if logprobs else None})
+        output.append({"id": _rid("msg_"), "type": "message", "role": "assistant", "status": status,
+                       "content": content})
+    for call in message.get("tool_calls") or ():
+        output.append({"id": _rid("fc_"), "type": "function_call", "call_id": call["id"],
+                       "name": call["function"]["name"], "arguments": call["function"]["arguments"],
+                       "status": "completed"})
+    usage = chat.get("usage") or {}
+    input_tokens = int(usage.get("prompt_tokens") or 0)
+    output_tokens = int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details") or {}
+    cached = int(details.get("cached_tokens") or 0)
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    tools = request.get("tools") or []
+    return {
+        "id": response_id,
+        "created_at": chat.get("created") or int(time.time()),
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": request.get("instructions"),
+        "metadata": request.get("metadata"),
+        "model": chat.get("model"),
+        "object": "response",
+        "output": output,
+        "parallel_tool_calls": request.get("parallel_tool_calls", True),
+        "temperature": request.get("temperature"),
+        "tool_choice": request.get("tool_choice") or ("auto" if tools else "none"),
+        "tools": tools,
+        "top_p": request.get("top_p"),
+        "background": False,
+        "max_output_tokens": request.get("max_output_tokens"),
+        "max_tool_calls": request.get("max_tool_calls"),
+        "previous_response_id": None,
+        "prompt": None,
+        "reasoning": request.get("reasoning"),
+        "service_tier": request.get("service_tier") or "auto",
+        "status": status,
+        "text": request.get("text"),
+        "top_logprobs": request.get("top_logprobs"),
+        "truncation": request.get("truncation") or "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            # cache_write_tokens: the openai SDK's InputTokensDetails requires it (no cache writes here)
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0,
+                                     "input_tokens_per_turn": [input_tokens], "cached_tokens_per_turn": [cached]},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning, "tool_output_tokens": 0,
+                                      "output_tokens_per_turn": [output_tokens], "tool_output_tokens_per_turn": [0]},
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "user": request.get("user"),
+        "presence_penalty": request.get("presence_penalty"),
+        "frequency_penalty": request.get("frequency_penalty"),
+        "kv_transfer_params": None,
+        "ec_transfer_params": None,
+        "input_messages": None,
+        "output_messages": None,
+    }

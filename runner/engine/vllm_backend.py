@@ -106,12 +106,28 @@ class _Api:
         except ImportError:
             self.encode_base64 = None
 
+        self._responses_request: Any = False  # resolved on first use: None where this vLLM has none
+
         from pydantic import TypeAdapter, ValidationError
         from vllm.sampling_params import RequestOutputKind
 
         self.ValidationError = ValidationError
         self.embedding_adapter = TypeAdapter(self.EmbeddingRequest)
         self.FINAL_ONLY = RequestOutputKind.FINAL_ONLY
+
+
+    def responses_request(self) -> Any:
+        """vLLM's ResponsesRequest (0.32: entrypoints/openai/responses/protocol.py), or None."""
+        if self._responses_request is False:
+            try:
+                self._responses_request = _import_first(
+                    ("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),
+                    ("vllm.entrypoints.openai.protocol", "ResponsesRequest"),
+                )
+            except ImportError as exc:  # any import failure inside that module counts: none to use
+                logger.warning("vllm has no usable ResponsesRequest (%s); runner's checks alone apply", exc)
+                self._responses_request = None
+        return self._responses_request
 
 
 # engine_args keys of the transformers backend, which vLLM does not know
@@ -289,6 +305,24 @@ class VllmBackend(Backend):
         except Exception:  # noqa: BLE001
             logger.debug("[shutdown] torch.cuda.empty_cache failed", exc_info=True)
         logger.info("[shutdown] vllm model unloaded model=%s", self.spec.id)
+
+    # -- /v1/responses (engine/responses_api.py runs the line as a chat completion) -----------
+
+    def check_responses_body(self, body: Any) -> None:
+        """LineError for a Responses body that vLLM's own ResponsesRequest refuses, with vLLM's
+        message, so a line `vllm serve` would refuse is refused here too. A vLLM without that model
+        (it moved between releases) leaves the checks to runner's conversion alone."""
+        request_cls = self._api.responses_request()
+        if request_cls is None:
+            return
+        try:
+            request = request_cls.model_validate(body)
+            request.extract_structured_outputs()  # "Cannot specify both structured_outputs and text.format"
+        except self._api.ValidationError as exc:
+            raise LineError(_validation_message(exc.errors())) from exc
+        except Exception as exc:  # VLLMValidationError from its model validators
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _message(exc)
+            raise LineError(_message_text(message), param=_param(exc)) from exc
 
     # -- sleep mode (engine_args: enable_sleep_mode: true) ----------------------------------
 
@@ -524,6 +558,27 @@ def _prompt_extras(request: Any) -> dict[str, Any]:
 def _message(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def _message_text(text: str) -> str:
+    return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def _validation_message(errors: list[dict[str, Any]], limit: int = 3) -> str:
+    """pydantic errors of a ResponsesRequest -> one short line. Its input items are a union of
+    some thirty SDK types, so each loc carries type names ("list[function-before[...]]",
+    "EasyInputMessageParam") and one bad item gives dozens of errors: the names are dropped and
+    the first few distinct ones kept."""
+    parts = []
+    for err in errors:
+        loc = ".".join(str(x) for x in err.get("loc", ())
+                       if not (isinstance(x, str) and ("[" in x or x[:1].isupper()))) or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    unique = list(dict.fromkeys(parts))
+    text = "; ".join(unique[:limit])
+    if len(unique) > limit:
+        text += f"; and {len(unique) - limit} more"
+    return _message_text(text or "invalid request body")
 
 
 def _param(exc: BaseException) -> str | None:

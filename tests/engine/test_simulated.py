@@ -9,6 +9,7 @@ import pytest
 
 from runner.engine.backend import LineRequest
 from runner.engine.factory import make_backend, resolve_backend
+from runner.engine.responses_api import ResponsesAdapter
 from runner.engine.simulated import SimulatedBackend
 from runner.engine.window import Window
 from runner.errors import LineError
@@ -108,7 +109,8 @@ def test_tokens_per_second_sets_the_pace() -> None:
 
 def test_factory_picks_backends() -> None:
     spec = ModelSpec(id="m", backend="simulated")
-    assert isinstance(make_backend(spec, Settings()), SimulatedBackend)
+    backend = make_backend(spec, Settings())
+    assert isinstance(backend, ResponsesAdapter) and isinstance(backend.inner, SimulatedBackend)
     auto = ModelSpec(id="m", backend="auto", path="x")
     assert resolve_backend(auto, Settings()) in ("vllm", "transformers")
     assert resolve_backend(auto, Settings(backend="simulated")) == "simulated"

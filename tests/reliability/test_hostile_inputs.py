@@ -95,7 +95,7 @@ FILE_CASES: list[tuple[str, bytes, str, list[str]]] = [
      ["invalid_method"]),
     ("url_other_endpoint", raw_line({**chat_line("a"), "url": "/v1/completions"}) + b"\n", "failed",
      ["mismatched_url"]),
-    ("url_unsupported", raw_line({**chat_line("a"), "url": "/v1/responses"}) + b"\n", "failed", ["invalid_url"]),
+    ("url_unsupported", raw_line({**chat_line("a"), "url": "/v1/moderations"}) + b"\n", "failed", ["invalid_url"]),
     ("url_trailing_slash", raw_line({**chat_line("a"), "url": CHAT + "/"}) + b"\n", "failed", ["invalid_url"]),
     ("url_missing", raw_line({k: v for k, v in chat_line("a").items() if k != "url"}) + b"\n", "failed",
      ["missing_url"]),
@@ -397,7 +397,8 @@ HTTP_CASES: list[Case] = [
     # Mithril's create takes input_file_id alone: endpoint from the file, window "24h".
     ("batch_missing_endpoint", "POST", "/v1/batches", _batch(endpoint=_DROP), 200, None),
     ("batch_null_endpoint", "POST", "/v1/batches", _batch(endpoint=None), 400, "missing_required_parameter"),
-    ("batch_endpoint_responses", "POST", "/v1/batches", _batch(endpoint="/v1/responses"), 400, "invalid_endpoint"),
+    ("batch_endpoint_moderations", "POST", "/v1/batches", _batch(endpoint="/v1/moderations"), 400,
+     "invalid_endpoint"),
     ("batch_endpoint_traversal", "POST", "/v1/batches", _batch(endpoint="/v1/../admin"), 400, "invalid_endpoint"),
     ("batch_endpoint_int", "POST", "/v1/batches", _batch(endpoint=1), 400, "missing_required_parameter"),
     ("batch_missing_window", "POST", "/v1/batches", _batch(completion_window=_DROP), 200, None),
