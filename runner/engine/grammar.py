@@ -14,8 +14,8 @@ Whitespace between JSON tokens is free, as in vLLM's default (whitespace_flexibl
 object properties are allowed unless the schema says `additionalProperties: false`, also as vLLM.
 
 Cost: nothing for a row without `response_format` (the backend checks `row.grammar is None`). A
-row with one pays the mask (computed by llguidance into a bitmask, unpacked with numpy) and one
-`consume_token` per generated token.
+row with one pays the mask (computed by llguidance into a bitmask, unpacked and applied with numpy)
+and one `consume_token` per generated token.
 """
 
 from __future__ import annotations
@@ -144,23 +144,30 @@ class RowGrammar:
         self.vocab_size = vocab_size
         self._bits = torch.zeros((vocab_size + 31) // 32, dtype=torch.int32)
 
-    def allowed(self) -> torch.Tensor:
-        """A bool tensor over the vocabulary: the tokens the grammar allows next (EOS once complete)."""
+    def _fill(self) -> np.ndarray:
+        """llguidance's bitmask for the next token, as int32 words (bit i of word w: token 32*w+i)."""
         bits = self._bits
         self.matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * bits.element_size())
         if self.matcher.is_error():
             raise RuntimeError(f"grammar matcher failed: {_quote(self.matcher.get_error())}")
-        # bit i of word w is token 32*w+i (little-endian words, little bit order)
-        flat = np.unpackbits(bits.numpy().view(np.uint8), bitorder="little")
+        return bits.numpy()
+
+    def allowed(self) -> torch.Tensor:
+        """A bool tensor over the vocabulary: the tokens the grammar allows next (EOS once complete)."""
+        flat = np.unpackbits(self._fill().view(np.uint8), bitorder="little")
         return torch.from_numpy(flat[: self.vocab_size].view(np.bool_))
 
     def mask(self, logits: torch.Tensor) -> None:
-        """Set the logits of every token the grammar forbids to -inf, in place."""
-        allowed = self.allowed()
-        n = min(logits.shape[-1], allowed.shape[0])
+        """Set the logits of every token the grammar forbids to -inf, in place. On CPU through numpy:
+        torch's masked_fill over 49k entries took ms, not us, with 2 threads on a busy machine."""
+        forbidden = np.unpackbits(np.invert(self._fill()).view(np.uint8), bitorder="little").view(np.bool_)
+        n = min(logits.shape[-1], self.vocab_size)
         if logits.shape[-1] > n:  # model rows past the tokenizer's vocabulary are never valid text
             logits[n:] = float("-inf")
-        logits[:n].masked_fill_(~allowed[:n].to(logits.device), float("-inf"))
+        if logits.device.type == "cpu" and logits.is_contiguous():
+            np.copyto(logits.numpy()[:n], -np.inf, where=forbidden[:n])
+        else:
+            logits[:n].masked_fill_(torch.from_numpy(forbidden[:n]).to(logits.device), float("-inf"))
 
     def accept(self, token: int) -> None:
         """Advance by a token the mask allowed; a refusal is a bug (the mask and matcher disagree)."""
