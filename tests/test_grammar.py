@@ -139,3 +139,16 @@ def test_eos_allowed_only_once_the_value_is_whole(grammars: Grammars, hf: Any) -
     assert row.allowed()[hf.eos_token_id] and not row.complete
     row.accept(hf.eos_token_id)
     assert row.complete
+
+
+def test_a_slow_tokenizer_is_a_400_not_a_crash(hf: Any) -> None:
+    class Slow:  # what llguidance sees of a tokenizer that is not a transformers fast one
+        eos_token_id = hf.eos_token_id
+
+        def __len__(self) -> int:
+            return len(hf)
+
+    with pytest.raises(LineError) as ei:
+        Grammars(Slow(), 49152).compile({"type": "json_object"})
+    assert (ei.value.status, ei.value.code, ei.value.param) == (400, "unsupported_parameter", "response_format")
+    assert "fast tokenizers" in ei.value.message

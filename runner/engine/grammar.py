@@ -98,7 +98,12 @@ class Grammars:
                 raise LineError("response_format needs the llguidance package on the transformers backend "
                                 "(pip install llguidance==1.7.6).", status=400, code="unsupported_parameter",
                                 param="response_format") from None
-            self._tok = llguidance.hf.from_tokenizer(self._hf, self.vocab_size)
+            try:
+                self._tok = llguidance.hf.from_tokenizer(self._hf, self.vocab_size)
+            except ValueError as e:  # "Only fast tokenizers are supported": a slow (Python) tokenizer
+                raise LineError(f"response_format is not supported for this model on the transformers backend: "
+                                f"{_quote(str(e))}", status=400, code="unsupported_parameter",
+                                param="response_format") from None
         return self._tok
 
     def compile(self, response_format: dict[str, Any]) -> str:
