@@ -45,9 +45,12 @@ _MAP_KEYS = ("properties", "$defs", "definitions")
 _LIST_KEYS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _ONE_KEYS = ("items", "additionalProperties")
 
-# Bounds on what one instance may hold: a schema asking for more is refused, not built.
+# Bounds on what one instance may hold: a schema asking for more is refused, not built (nested
+# minItems would otherwise multiply into an answer no engine step should spend its time on).
 MAX_ITEMS = 1000
 MAX_LENGTH = 100_000
+MAX_VALUES = 20_000  # values in one instance
+MAX_CHARS = 1_000_000  # string characters in one instance
 MAX_DEPTH = 32
 # Past this depth optional properties and extra items are left out, so recursive schemas end.
 _SHALLOW = 6
@@ -134,6 +137,8 @@ class _Builder:
     def __init__(self, root: Any, seed: int) -> None:
         self.root = root
         self.rng = random.Random(seed)
+        self.values = 0
+        self.chars = 0
 
     # schemas with $ref and allOf become one flat schema before building
     def flat(self, schema: Any, path: str, depth: int) -> dict[str, Any]:
@@ -155,6 +160,9 @@ class _Builder:
         return out
 
     def build(self, schema: Any, path: str, depth: int) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise SchemaError("minItems", path, f"the instance would hold over {MAX_VALUES} values")
         s = self.flat(schema, path, depth)
         for key in ("anyOf", "oneOf"):
             options = s.get(key)
@@ -217,7 +225,7 @@ class _Builder:
         raise first
 
     def fitting(self, s: dict[str, Any], values: list[Any], key: str, path: str, depth: int) -> Any:
-        rest = {k: v for k, v in s.items() if k not in ("enum", "const")}
+        rest = {k: v for k, v in s.items() if k != key}  # with const and enum both, a value must fit both
         for v in values:
             if conforms(rest, v, self.root):
                 return v
@@ -308,10 +316,13 @@ class _Builder:
             if len(text) < lo or (hi is not None and len(text) > hi):
                 raise SchemaError("format", path, f"a '{fmt}' value does not fit minLength/maxLength")
             return text
+        self.chars += lo
+        if self.chars > MAX_CHARS:
+            raise SchemaError("minLength", path, f"the instance would hold over {MAX_CHARS} characters")
         r = self.rng
         text = " ".join(r.choice(_WORDS) for _ in range(1 + r.randrange(3)))
-        while len(text) < lo:
-            text += " " + r.choice(_WORDS)
+        if len(text) < lo:
+            text = (text + " ") * (lo // (len(text) + 1) + 1)
         return text[:hi] if hi is not None else text
 
     def formatted(self, fmt: str) -> str:
