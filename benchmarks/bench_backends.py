@@ -1,7 +1,7 @@
 """The two real backends as the README's main job runs them: transformers (.venv) against vLLM (.venv-vllm).
 
-    python3 benchmarks/bench_backends.py --repeats 3            # both venvs must exist (scripts/setup.sh)
-    python3 benchmarks/bench_backends.py --repeats 3 --setup    # also times a fresh install of each lock
+    .venv/bin/python benchmarks/bench_backends.py --repeats 3   # both venvs must exist (scripts/setup.sh)
+    .venv/bin/python benchmarks/bench_backends.py --setup       # also times a fresh install of each lock
 
 What `backend: auto` trades, per backend, on the shipped SmolLM2 with runner's defaults for it:
   install     seconds of `scripts/setup.sh` into a new venv (with --setup) and the venv's size on disk
