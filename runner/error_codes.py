@@ -61,6 +61,7 @@ CODES: dict[str, str] = {
     "mixed_models": "lines naming more than one model in one batch",
     "model_not_found": "a model this server (or run) does not serve",
     "model_endpoint_mismatch": "a model that does not serve the line's endpoint",
+    "model_not_multimodal": "an image, audio, video or file part for a model that takes text only",
     "stream_unsupported": "stream: true in a batch line",
     "unsupported_parameter": "a parameter (or JSON Schema keyword) the line's backend cannot honour",
     # -- lines, in the error file --------------------------------------------------------------------

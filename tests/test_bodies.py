@@ -133,7 +133,12 @@ def test_continue_final_message() -> None:
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "invalid_value"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "invalid_type"),
         ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "invalid_type"),
+        # a text-only model: the 400 says it has no vision (content_parts.no_vision)
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+         "messages[0].content[0].type", "model_not_multimodal"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}, {"type": "input_audio"}]}]},
+         "messages[0].content[1].type", "model_not_multimodal"),
+        ({"messages": [{"role": "user", "content": [{"type": "hologram"}]}]},
          "messages[0].content[0].type", "unsupported_parameter"),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
          "messages[0].content[0].text", "invalid_type"),
@@ -256,3 +261,18 @@ def test_check_supported_names_the_parameter() -> None:
     with pytest.raises(LineError) as ei:
         check_supported(chat(bad_words=["x"]), everything, "test")
     assert ei.value.param == "bad_words"
+
+
+def test_image_part_says_the_model_has_no_vision() -> None:
+    spec = ModelSpec(id="text-model", backend="simulated")
+    body = {"model": "text-model", "messages": [
+        {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+        {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}
+    with pytest.raises(LineError) as ei:
+        parse_line("/v1/chat/completions", body, spec)
+    assert ei.value.code == "model_not_multimodal" and ei.value.param == "messages[1].content[1].type"
+    assert "'text-model' has no vision" in ei.value.message
+    # text parts in any role are fine
+    body["messages"][1]["content"].pop()
+    assert parse_line("/v1/chat/completions", body, spec).messages[0]["content"] == "be brief"

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from runner.engine.content_parts import MEDIA_PARTS, no_vision
 from runner.errors import LineError
 from runner.model_specs import ModelSpec
 
@@ -374,7 +375,7 @@ def _parse_sampling(body: dict[str, Any], spec: ModelSpec, *, chat: bool) -> Sam
 # -- per endpoint -----------------------------------------------------------------------------------
 
 
-def _message(i: int, m: Any) -> dict[str, str]:
+def _message(i: int, m: Any, spec_id: str) -> dict[str, str]:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
         raise _bad(f"'{where}' must be an object with 'role' and 'content'.", where, "invalid_type")
@@ -393,8 +394,10 @@ def _message(i: int, m: Any) -> dict[str, str]:
             pw = f"{where}.content[{j}]"
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
                 raise _bad(f"'{pw}' must be an object with a 'type'.", pw, "invalid_type")
+            if part["type"] in MEDIA_PARTS:  # the text-only backends: the model has no vision
+                raise no_vision(spec_id, f"{pw}.type", part["type"])
             if part["type"] != "text":
-                raise _bad(f"'{pw}': content type {part['type']!r} is not supported (text only).",
+                raise _bad(f"'{pw}': content type {_show(part['type'])} is not supported (text only).",
                            f"{pw}.type", "unsupported_parameter")
             if not isinstance(part.get("text"), str):
                 raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text", "invalid_type")
@@ -443,7 +446,7 @@ def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty list.", "messages", "invalid_type" if messages else
                    "missing_required_parameter")
-    msgs = tuple(_message(i, m) for i, m in enumerate(messages))
+    msgs = tuple(_message(i, m, spec.id) for i, m in enumerate(messages))
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("'tools' must be a list.", "tools", "invalid_type")

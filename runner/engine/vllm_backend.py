@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from runner.engine.backend import Backend, LineRequest, LineResult
+from runner.engine.content_parts import check_text_only
 from runner.engine.vllm_convert import (
     CHAT,
     COMPLETIONS,
@@ -411,6 +412,8 @@ class VllmBackend(Backend):
     def _prepare_chat(self, req: LineRequest) -> _Prepared:
         self._require("generate", CHAT)
         body = self._batch_body(req.body)
+        if not getattr(self._model_config, "is_multimodal_model", False):
+            check_text_only(self.spec.id, body.get("messages"))  # before vLLM's parser fetches any URL
         request = self._api.ChatCompletionRequest.model_validate(body)
         if request.use_beam_search:
             raise LineError("use_beam_search is not supported in batches", param="use_beam_search")

@@ -186,6 +186,10 @@ for key, endpoint, body in [
     ("too-long", "/v1/completions", {"model": "tiny", "prompt": [5] * 600}),
     ("max-tokens", "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 100000}),
     ("embed-on-gen", "/v1/embeddings", {"model": "tiny", "input": "x"}),
+    # a text-only model: refused before vLLM's parser would fetch the URL
+    ("image", "/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/never-fetched.png"}}]}]}),
 ]:
     try:
         b.add(line(key, endpoint, body))
@@ -200,6 +204,7 @@ print(json.dumps(errors))
     for key, err in res.items():
         assert err is not None and err[0] == 400 and err[1], key
     assert res["embed-on-gen"][2] == "model_endpoint_mismatch"  # the same code as validation's
+    assert res["image"][2] == "model_not_multimodal" and "has no vision" in res["image"][1]
 
 
 def test_cancel_mid_run(tiny: str) -> None:
