@@ -27,7 +27,7 @@ from openai.types.responses import Response
 
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.factory import make_backend
-from runner.engine.responses_api import RESPONSES, ResponsesAdapter, to_chat
+from runner.engine.responses_api import RESPONSES, ResponsesAdapter, to_chat, translate_error
 from runner.errors import LineError
 from runner.model_specs import ModelSpec, load_model_specs
 from runner.settings import Settings
@@ -110,19 +110,19 @@ def test_text_format_tools_logprobs_and_reasoning() -> None:
     ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0].type", "unsupported_parameter"),
     ({"input": "x", "truncation": "auto"}, "truncation", "unsupported_parameter"),
     ({"input": "x", "text": {"verbosity": "low"}}, "text.verbosity", "unsupported_parameter"),
-    ({"input": "x", "max_tokens": 5}, "max_tokens", "unrecognized_argument"),
+    ({"input": "x", "max_tokens": 5}, "max_tokens", "unknown_parameter"),
     ({"input": "x", "reasoning": {"effort": "huge"}}, "reasoning.effort", "invalid_value"),
     ({"input": "x", "include": ["everything"]}, "include[0]", "invalid_value"),
     ({"input": "x", "max_output_tokens": 0}, "max_output_tokens", "invalid_value"),
-    ({"input": "x", "max_output_tokens": "9"}, "max_output_tokens", "invalid_type"),
+    ({"input": "x", "max_output_tokens": "9"}, "max_output_tokens", "invalid_value"),
     ({"input": "x", "top_logprobs": 3}, "top_logprobs", "invalid_value"),
-    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "A"}}}, "text.format.schema", "invalid_type"),
+    ({"input": "x", "text": {"format": {"type": "json_schema", "name": "A"}}}, "text.format.schema", "invalid_value"),
     ({"model": "m"}, "input", "missing_required_parameter"),
-    ({"input": []}, "input", "invalid_type"),
+    ({"input": []}, "input", "invalid_value"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role", "invalid_value"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
      "input[0].content[0].type", "unsupported_parameter"),
-    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "invalid_type"),
+    ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "invalid_value"),
 ])
 def test_refusals_name_the_responses_field(body: dict[str, Any], param: str, code: str) -> None:
     err = _bad(body)
@@ -132,7 +132,7 @@ def test_refusals_name_the_responses_field(body: dict[str, Any], param: str, cod
 
 def test_unknown_field_name_is_bounded_in_the_message() -> None:
     err = _bad({"input": "x", "z" * 10_000: 1})
-    assert err.code == "unrecognized_argument" and len(err.message) < 200 and len(err.param or "") <= 64
+    assert err.code == "unknown_parameter" and len(err.message) < 200 and len(err.param or "") <= 64
 
 
 # -- the adapter on the simulated backend ---------------------------------------------------------------
@@ -233,6 +233,40 @@ def test_chat_path_errors_name_the_responses_field(sim: ResponsesAdapter) -> Non
     assert (res.status_code, res.body["error"]["param"]) == (400, "temperature")
     res = _run(sim, RESPONSES, {"model": "m", "input": "x", "stream": True})
     assert (res.status_code, res.body["error"]["param"]) == (400, "stream")
+
+
+def test_response_format_errors_name_text_format(sim: ResponsesAdapter) -> None:
+    # text.format is response_format one level flatter: its schema is text.format.schema
+    schema = {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}},
+              "required": ["a"]}
+    res = _run(sim, RESPONSES, {"model": "m", "input": "x", "text": {"format": {
+        "type": "json_schema", "name": "A", "schema": schema}}})
+    err = res.body["error"]
+    assert (res.status_code, err["code"], err["param"]) == (400, "invalid_value", "text.format"), err
+    assert err["message"].startswith("'text.format.schema': maxLength is below minLength"), err
+    assert "response_format" not in err["message"] and "json_schema" not in err["message"]
+    chat = _run(sim, CHAT, {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "A", "schema": schema}}})
+    assert chat.body["error"]["message"].startswith("'response_format.json_schema.schema': ")  # chat keeps its names
+
+
+def test_transformers_schema_errors_name_text_format() -> None:
+    grammar = pytest.importorskip("runner.engine.grammar")  # the transformers backend's checks (needs torch)
+    _, call = to_chat({"input": "x"}, "m")
+    cases = [
+        ({"type": "json_schema", "json_schema": {"name": "A", "schema": "x"}}, "text.format.schema",
+         "'text.format.schema' must be a JSON schema (an object)."),
+        ({"type": "json_schema", "json_schema": "x"}, "text.format",
+         "'text.format' must be an object with a 'schema'."),
+        ({"type": "xml"}, "text.format.type", "text.format type 'xml' is not supported"),
+    ]
+    for rf, param, message in cases:
+        with pytest.raises(LineError) as ei:
+            grammar.schema_of(rf)
+        err = translate_error(ei.value, call)
+        assert (err.param, err.code) == (param, ei.value.code) and err.message.startswith(message), err.message
+    err = translate_error(grammar._invalid("bad $ref"), call)
+    assert (err.param, err.message) == ("text.format.schema", "Invalid JSON schema in text.format: bad $ref")
 
 
 def test_other_endpoints_pass_through(sim: ResponsesAdapter) -> None:

@@ -57,6 +57,11 @@ async def json_body(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(bytes(data))
     except orjson.JSONDecodeError as exc:
+        try:  # told apart off the fast path: bytes that are not UTF-8 are invalid_utf8 everywhere
+            data.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise InvalidRequest(f"The request body is not valid UTF-8 ({uexc.reason} at byte {uexc.start}).",
+                                 code="invalid_utf8") from None
         raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_body")
@@ -70,10 +75,10 @@ def expires_after(value: Any, param: str) -> int | None:
     if not isinstance(value, dict):
         raise InvalidRequest(f"'{param}' must be an object with 'anchor' and 'seconds'.", param=param,
                              code="invalid_value")
-    unknown = set(value) - {"anchor", "seconds"}
+    unknown = sorted(set(value) - {"anchor", "seconds"})
     if unknown:
-        raise InvalidRequest(f"Unknown field(s) in '{param}': {', '.join(sorted(unknown))}.", param=param,
-                             code="invalid_value")
+        name = f"{param}.{unknown[0][:64]}"  # the first, bounded: the key is the client's text
+        raise InvalidRequest(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     anchor = value.get("anchor", "created_at")
     if anchor != "created_at":
         raise InvalidRequest(f"'{param}.anchor' must be 'created_at'.", param=f"{param}.anchor",

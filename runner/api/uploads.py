@@ -101,7 +101,7 @@ class UploadedForm:
             self.fields[self._name] = self._buf.decode("utf-8")
         except UnicodeDecodeError:
             self._fail(InvalidRequest(f"Form field {self._name!r} is not UTF-8.", param=self._name,
-                                      code="invalid_multipart"))
+                                      code="invalid_utf8"))
 
 
 async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> UploadedForm:

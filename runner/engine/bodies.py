@@ -152,6 +152,8 @@ class EmbeddingInput:
 LineInput = ChatInput | CompletionInput | EmbeddingInput
 
 
+# The default is for a wrong type as much as a value out of range: runner has one code for a bad
+# value (OpenAI's invalid_type is folded into invalid_value, see runner/error_codes.py).
 def _bad(message: str, param: str | None, code: str = "invalid_value") -> LineError:
     return LineError(message, status=400, code=code, param=param)
 
@@ -172,7 +174,7 @@ def _int(body: dict[str, Any], key: str, lo: int | None = None, hi: int | None =
     if v is None:
         return None
     if not _is_int(v):
-        raise _bad(f"'{key}' must be an integer, got {_show(v)}.", key, "invalid_type")
+        raise _bad(f"'{key}' must be an integer, got {_show(v)}.", key)
     if lo is not None and v < lo:
         raise _bad(f"'{key}' must be >= {lo}, got {v}.", key)
     if hi is not None and v > hi:
@@ -185,7 +187,7 @@ def _float(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: boo
     if v is None:
         return None
     if not _is_num(v):
-        raise _bad(f"'{key}' must be a number, got {_show(v)}.", key, "invalid_type")
+        raise _bad(f"'{key}' must be a number, got {_show(v)}.", key)
     if v < lo or (lo_open and v == lo) or v > hi:
         left = "(" if lo_open else "["
         raise _bad(f"'{key}' must be in {left}{lo}, {hi}], got {v}.", key)
@@ -197,7 +199,7 @@ def _bool(body: dict[str, Any], key: str) -> bool | None:
     if v is None:
         return None
     if not isinstance(v, bool):
-        raise _bad(f"'{key}' must be a boolean, got {_show(v)}.", key, "invalid_type")
+        raise _bad(f"'{key}' must be a boolean, got {_show(v)}.", key)
     return v
 
 
@@ -215,18 +217,19 @@ def _token_ids(v: Any) -> bool:
 
 def _check_fields(body: Any, allowed: set[str]) -> None:
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None, "invalid_type")
+        raise _bad("The request body must be a JSON object.", None, "invalid_body")
     if body.keys() <= allowed:
         return
     unknown = sorted(body.keys() - allowed)
     if unknown:
-        raise _bad(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unrecognized_argument")
+        raise _bad(f"Unrecognized request argument supplied: {unknown[0][:64]}", unknown[0][:64],
+                   "unknown_parameter")
 
 
 def _model(body: dict[str, Any], spec: ModelSpec) -> str:
     model = body.get("model", spec.id)
     if not isinstance(model, str) or not model:
-        raise _bad("'model' must be a non-empty string.", "model", "invalid_type")
+        raise _bad("'model' must be a non-empty string.", "model")
     return model
 
 
@@ -236,7 +239,7 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         return ()
     items = [v] if isinstance(v, str) else v
     if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
-        raise _bad("'stop' must be a string or a list of strings.", "stop", "invalid_type")
+        raise _bad("'stop' must be a string or a list of strings.", "stop")
     if len(items) > MAX_STOP:
         raise _bad(f"'stop' takes at most {MAX_STOP} sequences, got {len(items)}.", "stop")
     if any(s == "" for s in items):
@@ -313,13 +316,13 @@ def _parse_sampling(body: dict[str, Any], spec: ModelSpec, *, chat: bool) -> Sam
     stop_token_ids = body.get("stop_token_ids")
     if stop_token_ids is not None and not (isinstance(stop_token_ids, list) and all(
             _is_int(t) and t >= 0 for t in stop_token_ids)):
-        raise _bad("'stop_token_ids' must be a list of token ids.", "stop_token_ids", "invalid_type")
+        raise _bad("'stop_token_ids' must be a list of token ids.", "stop_token_ids")
 
     logit_bias = body.get("logit_bias")
     bias: dict[int, float] | None = None
     if logit_bias is not None:
         if not isinstance(logit_bias, dict):
-            raise _bad("'logit_bias' must be an object of token id -> bias.", "logit_bias", "invalid_type")
+            raise _bad("'logit_bias' must be an object of token id -> bias.", "logit_bias")
         bias = {}
         for k, v in logit_bias.items():
             try:
@@ -378,7 +381,7 @@ def _parse_sampling(body: dict[str, Any], spec: ModelSpec, *, chat: bool) -> Sam
 def _message(i: int, m: Any, spec_id: str) -> dict[str, str]:
     where = f"messages[{i}]"
     if not isinstance(m, dict):
-        raise _bad(f"'{where}' must be an object with 'role' and 'content'.", where, "invalid_type")
+        raise _bad(f"'{where}' must be an object with 'role' and 'content'.", where)
     role = m.get("role")
     if role not in ROLES:
         raise _bad(f"'{where}.role' must be one of {', '.join(ROLES)}, got {_show(role)}.", f"{where}.role")
@@ -393,26 +396,25 @@ def _message(i: int, m: Any, spec_id: str) -> dict[str, str]:
         for j, part in enumerate(content):
             pw = f"{where}.content[{j}]"
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _bad(f"'{pw}' must be an object with a 'type'.", pw, "invalid_type")
+                raise _bad(f"'{pw}' must be an object with a 'type'.", pw)
             if part["type"] in MEDIA_PARTS:  # the text-only backends: the model has no vision
                 raise no_vision(spec_id, f"{pw}.type", part["type"])
             if part["type"] != "text":
                 raise _bad(f"'{pw}': content type {_show(part['type'])} is not supported (text only).",
                            f"{pw}.type", "unsupported_parameter")
             if not isinstance(part.get("text"), str):
-                raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text", "invalid_type")
+                raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text")
             texts.append(part["text"])
         text = "\n".join(texts)  # as vLLM does for templates that take string content
     elif content is None and role == "assistant":
         text = ""
     else:
-        raise _bad(f"'{where}.content' must be a string or a list of text parts.", f"{where}.content",
-                   "invalid_type")
+        raise _bad(f"'{where}.content' must be a string or a list of text parts.", f"{where}.content")
     out = {"role": "system" if role == "developer" else role, "content": text}
     name = m.get("name")
     if name is not None:
         if not isinstance(name, str):
-            raise _bad(f"'{where}.name' must be a string.", f"{where}.name", "invalid_type")
+            raise _bad(f"'{where}.name' must be a string.", f"{where}.name")
         out["name"] = name
     return out
 
@@ -444,12 +446,12 @@ def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
     _check_fields(body, _CHAT_FIELDS)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("'messages' must be a non-empty list.", "messages", "invalid_type" if messages else
+        raise _bad("'messages' must be a non-empty list.", "messages", "invalid_value" if messages else
                    "missing_required_parameter")
     msgs = tuple(_message(i, m, spec.id) for i, m in enumerate(messages))
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools", "invalid_type")
+        raise _bad("'tools' must be a list.", "tools")
     tool_choice, forced = _tool_choice(body.get("tool_choice"), tools or None)
     agp = _bool(body, "add_generation_prompt")
     cfm = _bool(body, "continue_final_message")
@@ -461,7 +463,7 @@ def parse_chat(body: Any, spec: ModelSpec) -> ChatInput:
                    "continue_final_message")
     ctk = body.get("chat_template_kwargs")
     if ctk is not None and not isinstance(ctk, dict):
-        raise _bad("'chat_template_kwargs' must be an object.", "chat_template_kwargs", "invalid_type")
+        raise _bad("'chat_template_kwargs' must be an object.", "chat_template_kwargs")
     if body.get("chat_template") is not None:
         raise _bad("'chat_template' overrides are not supported; the model's template is used.",
                    "chat_template", "unsupported_parameter")
@@ -494,7 +496,7 @@ def _prompts(value: Any, param: str) -> tuple[str | tuple[int, ...], ...]:
     if value is None:
         raise _bad(f"'{param}' is required.", param, "missing_required_parameter")
     raise _bad(f"'{param}' must be a string, a list of strings, a list of token ids or a list of "
-               "token-id lists (non-empty).", param, "invalid_type")
+               "token-id lists (non-empty).", param)
 
 
 def parse_completion(body: Any, spec: ModelSpec) -> CompletionInput:

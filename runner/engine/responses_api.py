@@ -18,6 +18,7 @@ functions, truncation: auto, context_management.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -95,11 +96,11 @@ class ResponsesCall:
 
 def _check_fields(body: Any) -> None:
     if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None, "invalid_type")
+        raise _bad("The request body must be a JSON object.", None, "invalid_body")
     unknown = sorted(body.keys() - FIELDS)
     if unknown:
         raise _bad(f"Unrecognized request argument supplied: {unknown[0][:64]}", unknown[0][:64],
-                   "unrecognized_argument")
+                   "unknown_parameter")
     for key, value, why in _REFUSED:
         got = body.get(key)
         if got is None:
@@ -114,17 +115,17 @@ def _text_parts(content: list[Any], where: str, role: str) -> list[dict[str, Any
     for j, part in enumerate(content):
         pw = f"{where}.content[{j}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _bad(f"'{pw}' must be an object with a 'type'.", pw, "invalid_type")
+            raise _bad(f"'{pw}' must be an object with a 'type'.", pw)
         kind = part["type"]
         if kind in ("input_text", "output_text", "text"):
             if kind == "output_text" and role != "assistant":
                 raise _bad(f"'{pw}': output_text parts belong to assistant messages.", f"{pw}.type")
             if not isinstance(part.get("text"), str):
-                raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text", "invalid_type")
+                raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text")
             parts.append({"type": "text", "text": part["text"]})
         elif kind == "refusal" and role == "assistant":
             if not isinstance(part.get("refusal"), str):
-                raise _bad(f"'{pw}.refusal' must be a string.", f"{pw}.refusal", "invalid_type")
+                raise _bad(f"'{pw}.refusal' must be a string.", f"{pw}.refusal")
             parts.append({"type": "text", "text": part["refusal"]})
         elif kind == "input_image":
             # handed on as a chat image part: the chat path serves it where the model has vision
@@ -134,7 +135,7 @@ def _text_parts(content: list[Any], where: str, role: str) -> list[dict[str, Any
                 what = "file_id images are not supported (no stored files)" if part.get("file_id") else \
                     "'image_url' must be a string"
                 raise _bad(f"'{pw}': {what}.", f"{pw}.image_url", "unsupported_parameter"
-                           if part.get("file_id") else "invalid_type")
+                           if part.get("file_id") else "invalid_value")
             image: dict[str, Any] = {"url": url}
             if part.get("detail") is not None:
                 image["detail"] = part["detail"]
@@ -155,14 +156,13 @@ def _message_item(i: int, item: dict[str, Any]) -> dict[str, Any]:
         return {"role": role, "content": content}
     if isinstance(content, list):
         return {"role": role, "content": _text_parts(content, where, role)}
-    raise _bad(f"'{where}.content' must be a string or a list of content parts.", f"{where}.content",
-               "invalid_type")
+    raise _bad(f"'{where}.content' must be a string or a list of content parts.", f"{where}.content")
 
 
 def _str_field(item: dict[str, Any], key: str, where: str) -> str:
     value = item.get(key)
     if not isinstance(value, str) or (key != "arguments" and not value):
-        raise _bad(f"'{where}.{key}' must be a non-empty string.", f"{where}.{key}", "invalid_type")
+        raise _bad(f"'{where}.{key}' must be a non-empty string.", f"{where}.{key}")
     return value
 
 
@@ -172,8 +172,7 @@ def _function_output(i: int, item: dict[str, Any]) -> dict[str, Any]:
     if isinstance(output, list):
         output = "".join(p.get("text", "") for p in _text_parts(output, where, "user") if p["type"] == "text")
     if not isinstance(output, str):
-        raise _bad(f"'{where}.output' must be a string or a list of input_text parts.", f"{where}.output",
-                   "invalid_type")
+        raise _bad(f"'{where}.output' must be a string or a list of input_text parts.", f"{where}.output")
     return {"role": "tool", "tool_call_id": _str_field(item, "call_id", where), "content": output}
 
 
@@ -184,7 +183,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
-            raise _bad("'instructions' must be a string.", "instructions", "invalid_type")
+            raise _bad("'instructions' must be a string.", "instructions")
         if instructions:
             messages.append({"role": "system", "content": instructions})
             sources.append("instructions")
@@ -194,12 +193,12 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
         sources.append("input")
         return messages, sources
     if not isinstance(value, list) or not value:
-        code = "missing_required_parameter" if value is None else "invalid_type"
+        code = "missing_required_parameter" if value is None else "invalid_value"
         raise _bad("'input' must be a string or a non-empty list of input items.", "input", code)
     for i, item in enumerate(value):
         where = f"input[{i}]"
         if not isinstance(item, dict):
-            raise _bad(f"'{where}' must be an object.", where, "invalid_type")
+            raise _bad(f"'{where}' must be an object.", where)
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
             messages.append(_message_item(i, item))
@@ -231,19 +230,19 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     if tools is None:
         return None
     if not isinstance(tools, list):
-        raise _bad("'tools' must be a list.", "tools", "invalid_type")
+        raise _bad("'tools' must be a list.", "tools")
     out = []
     for i, tool in enumerate(tools):
         where = f"tools[{i}]"
         if not isinstance(tool, dict):
-            raise _bad(f"'{where}' must be an object.", where, "invalid_type")
+            raise _bad(f"'{where}' must be an object.", where)
         if tool.get("type") != "function":
             raise _bad(f"'{where}': tool type {_show(tool.get('type'))} is not supported in a batch; only "
                        "function tools are (runner runs no built-in tools).", f"{where}.type",
                        "unsupported_parameter")
         name = tool.get("name")
         if not isinstance(name, str) or not name:
-            raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name", "invalid_type")
+            raise _bad(f"'{where}.name' must be a non-empty string.", f"{where}.name")
         function: dict[str, Any] = {"name": name}
         for key in ("description", "parameters", "strict"):
             if tool.get(key) is not None:
@@ -267,7 +266,7 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
     if text is None:
         return None
     if not isinstance(text, dict) or not set(text) <= {"format", "verbosity"}:
-        raise _bad("'text' must be an object with 'format' (and 'verbosity').", "text", "invalid_type")
+        raise _bad("'text' must be an object with 'format' (and 'verbosity').", "text")
     verbosity = text.get("verbosity")
     if verbosity not in (None, "medium"):
         raise _bad("'text.verbosity' other than 'medium' is not supported (no model here takes it).",
@@ -282,9 +281,9 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if kind == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
-            raise _bad("'text.format.schema' must be a JSON schema object.", "text.format.schema", "invalid_type")
+            raise _bad("'text.format.schema' must be a JSON schema object.", "text.format.schema")
         if not isinstance(fmt.get("name"), str) or not fmt["name"]:
-            raise _bad("'text.format.name' must be a non-empty string.", "text.format.name", "invalid_type")
+            raise _bad("'text.format.name' must be a non-empty string.", "text.format.name")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
         return {"type": "json_schema", "json_schema": schema}
     raise _bad("'text.format.type' must be text, json_object or json_schema.", "text.format.type")
@@ -296,7 +295,7 @@ def _include(body: dict[str, Any]) -> bool:
     if include is None:
         return False
     if not isinstance(include, list) or not all(isinstance(x, str) for x in include):
-        raise _bad("'include' must be a list of strings.", "include", "invalid_type")
+        raise _bad("'include' must be a list of strings.", "include")
     for j, x in enumerate(include):
         if x not in INCLUDE:
             raise _bad(f"'include[{j}]': {_show(x)} is not one of {', '.join(sorted(INCLUDE))}.", f"include[{j}]")
@@ -309,11 +308,11 @@ def _reasoning(body: dict[str, Any]) -> str | None:
     if reasoning is None:
         return None
     if not isinstance(reasoning, dict):
-        raise _bad("'reasoning' must be an object.", "reasoning", "invalid_type")
+        raise _bad("'reasoning' must be an object.", "reasoning")
     unknown = sorted(set(reasoning) - _REASONING_KEYS)
     if unknown:
         raise _bad(f"Unrecognized request argument supplied: reasoning.{unknown[0][:64]}",
-                   f"reasoning.{unknown[0][:64]}", "unrecognized_argument")
+                   f"reasoning.{unknown[0][:64]}", "unknown_parameter")
     effort = reasoning.get("effort")
     if effort is not None and effort not in REASONING_EFFORTS:
         raise _bad(f"'reasoning.effort' must be one of {', '.join(REASONING_EFFORTS)}, got {_show(effort)}.",
@@ -332,8 +331,7 @@ def to_chat(body: Any, default_model: str) -> tuple[dict[str, Any], ResponsesCal
     mot = body.get("max_output_tokens")
     if mot is not None:
         if not isinstance(mot, int) or isinstance(mot, bool):
-            raise _bad(f"'max_output_tokens' must be an integer, got {_show(mot)}.", "max_output_tokens",
-                       "invalid_type")
+            raise _bad(f"'max_output_tokens' must be an integer, got {_show(mot)}.", "max_output_tokens")
         if not 1 <= mot <= MAX_TOKENS_LIMIT:
             raise _bad(f"'max_output_tokens' must be in [1, {MAX_TOKENS_LIMIT}], got {mot}.", "max_output_tokens")
         chat["max_completion_tokens"] = mot
@@ -380,11 +378,18 @@ def to_chat(body: Any, default_model: str) -> tuple[dict[str, Any], ResponsesCal
 _RENAMED = {
     "max_completion_tokens": "max_output_tokens",
     "max_tokens": "max_output_tokens",
-    "response_format": "text.format",
     "logprobs": "include",
     "reasoning_effort": "reasoning.effort",
     "messages": "input",
 }
+
+
+# Chat's response_format {type, json_schema: {name, schema, strict}} is the Responses text.format
+# {type, name, schema, strict}: one level flatter, so response_format.json_schema.schema is
+# text.format.schema and response_format.json_schema (the wrapper) is text.format itself. Also
+# unquoted in a message ("Invalid JSON schema in response_format: ..."): a Responses client never
+# sent a response_format.
+_FORMAT = re.compile(r"\bresponse_format(?:\.json_schema\b)?")
 
 
 def _param(param: str, call: ResponsesCall) -> str:
@@ -398,6 +403,8 @@ def _param(param: str, call: ResponsesCall) -> str:
         if source in ("instructions", "input") or rest.startswith("tool_calls"):
             return source  # a string has no parts of its own; tool calls are the function_call items
         return source + dot + rest
+    if head == "response_format":
+        return _FORMAT.sub("text.format", param, count=1)
     for old, new in _RENAMED.items():
         if head == old:
             return new + dot + rest
@@ -409,7 +416,7 @@ def _message(message: str, call: ResponsesCall) -> str:
         message = message.replace(f"messages[{k}]", source)
     for old, new in (*_RENAMED.items(), ("image_url", "input_image")):  # the chat part an input_image became
         message = message.replace(f"'{old}'", f"'{new}'")
-    return message
+    return _FORMAT.sub("text.format", message)
 
 
 def translate_error(exc: LineError, call: ResponsesCall) -> LineError:

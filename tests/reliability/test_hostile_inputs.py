@@ -296,7 +296,7 @@ HTTP_CASES: list[Case] = [
     ("upload_purpose_output", "POST", "/v1/files", lambda c: _mp(_part("purpose", b"batch_output") + FILEPART
      + _end()), 400, "invalid_purpose"),
     ("upload_purpose_not_utf8", "POST", "/v1/files", lambda c: _mp(_part("purpose", b"\xff\xfe") + FILEPART
-     + _end()), 400, "invalid_multipart"),
+     + _end()), 400, "invalid_utf8"),
     ("upload_purpose_huge", "POST", "/v1/files", lambda c: _mp(_part("purpose", b"b" * 100_000) + FILEPART
      + _end()), 400, "invalid_multipart"),
     ("upload_many_parts", "POST", "/v1/files", lambda c: _mp(PURPOSE + _part("x", b"1") * 40 + FILEPART + _end()),
@@ -384,7 +384,7 @@ HTTP_CASES: list[Case] = [
     ("batch_body_nested_100k", "POST", "/v1/batches", _raw(b"[" * 100_000 + b"]" * 100_000), 400, "invalid_json"),
     ("batch_body_too_large", "POST", "/v1/batches", _raw(b'{"metadata": "' + b"x" * (2 * 1024 * 1024) + b'"}'),
      413, None),
-    ("batch_body_invalid_utf8", "POST", "/v1/batches", _raw(b'{"input_file_id": "\xff\xfe"}'), 400, "invalid_json"),
+    ("batch_body_invalid_utf8", "POST", "/v1/batches", _raw(b'{"input_file_id": "\xff\xfe"}'), 400, "invalid_utf8"),
     ("batch_body_nul", "POST", "/v1/batches", _raw(b'{"input_file_id": "file-\x00"}'), 400, "invalid_json"),
     ("batch_body_form", "POST", "/v1/batches", lambda c: {"data": {"input_file_id": c["good_file"]}}, 400,
      "invalid_json"),
@@ -423,7 +423,7 @@ HTTP_CASES: list[Case] = [
     ("batch_output_expiry_float", "POST", "/v1/batches", _batch(output_expires_after={"anchor": "created_at",
      "seconds": 3600.5}), 400, "invalid_value"),
     ("batch_output_expiry_unknown", "POST", "/v1/batches", _batch(output_expires_after={"seconds": 3600,
-     "x": 1}), 400, "invalid_value"),
+     "x": 1}), 400, "unknown_parameter"),
     ("batch_output_expiry_list", "POST", "/v1/batches", _batch(output_expires_after=[3600]), 400, "invalid_value"),
     ("batch_output_expiry_huge", "POST", "/v1/batches", _batch(output_expires_after={"anchor": "created_at",
      "seconds": 10**30}), 400, "invalid_value"),
