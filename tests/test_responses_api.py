@@ -11,9 +11,6 @@ import dataclasses
 import importlib.util
 import io
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from engine.test_server import KEY, Server
 from openai.types.responses import Response
 
 from runner.engine.backend import LineRequest, LineResult
@@ -294,44 +292,16 @@ models:
     backend: simulated
     task: embed
 """
-KEY = "sk-responses-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    (tmp_path / "models.yaml").write_text(MODELS_YAML, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env.update(RUNNER_API_KEYS=KEY, RUNNER_CHECKPOINT_INTERVAL="0.1", RUNNER_POLL_INTERVAL="0.1")
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "serve", "--port", str(port), "--data-dir",
-                             str(tmp_path / "data"), "--models", str(tmp_path / "models.yaml")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    """The engine tests' real server (tests/engine/test_server.py) on this module's models."""
+    s = Server(tmp_path, models_yaml=MODELS_YAML)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.1)
-        yield base
+        yield s.base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        s.stop()
 
 
 def _line(cid: str, **body: Any) -> dict[str, Any]:

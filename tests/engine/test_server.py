@@ -44,10 +44,13 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    """`python -m runner serve` with its engine, ready once /health shows the engine; `models_yaml`
+    lets other test modules run the same server on their own models."""
+
+    def __init__(self, tmp: Path, models_yaml: str = MODELS_YAML) -> None:
         self.port = _free_port()
         models = tmp / "models.yaml"
-        models.write_text(MODELS_YAML)
+        models.write_text(models_yaml)
         self.log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, "RUNNER_API_KEYS": KEY, "RUNNER_CHECKPOINT_INTERVAL": "0.1",
                "RUNNER_POLL_INTERVAL": "0.1"}

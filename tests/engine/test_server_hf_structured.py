@@ -13,7 +13,6 @@ import jsonschema_rs
 import orjson
 import pytest
 
-from . import test_server
 from .test_server import Server, _exactly_once, _wait
 
 pytestmark = pytest.mark.slow
@@ -33,9 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hf-structured")
     model = build_tiny_llama(tmp / "tiny-llama")
     yaml = f"models:\n  - id: tiny\n    backend: transformers\n    path: {model}\n    max_tokens: 300\n"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(test_server, "MODELS_YAML", yaml)  # Server writes the module's models.yaml
-        s = Server(tmp)
+    s = Server(tmp, models_yaml=yaml)
     try:
         yield s
     finally:
