@@ -244,6 +244,9 @@ def _run_engine(settings: Settings, registry: ModelRegistry, source: FileSource)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if source.ended.is_set():
+        if source.failure is not None:  # the input was damaged (gone or changed) under the run
+            print(f"\nrunner run: error: {source.failure}", file=sys.stderr)
+            return 1
         return 0
     if source.models.failure is not None:
         print(f"\nrunner run: error: {source.models.failure} (what is written stays; run again to resume)",

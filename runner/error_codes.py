@@ -47,6 +47,7 @@ CODES: dict[str, str] = {
     "too_many_requests": "more lines than RUNNER_MAX_BATCH_LINES (OpenAI's 50,000 by default)",
     "file_unreadable": "the input file cannot be read",
     "file_not_found": "a running batch's input file is gone",
+    "file_damaged": "a stored file whose size or content differs from what the database recorded (cut or changed)",
     "too_many_errors": "validation stopped listing problems (more follow than are shown)",
     "line_too_long": "an input line over RUNNER_MAX_LINE_BYTES",
     "invalid_request": "an input line that is JSON but not an object",

@@ -16,6 +16,7 @@ CONTRACT = {
     ("validating", "in_progress"), ("validating", "failed"), ("validating", "cancelling"),
     ("in_progress", "finalizing"), ("in_progress", "expired"), ("in_progress", "cancelling"),
     ("finalizing", "completed"), ("cancelling", "cancelled"),
+    ("in_progress", "failed"),  # runner's own (#14): a running batch's input file found damaged
 }
 
 

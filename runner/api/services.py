@@ -7,6 +7,8 @@ import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
@@ -70,8 +72,14 @@ class Services:
                            "param": "input_file_id", "line": None}]
                 self.batches.fail_validation(batch_id, errors, int(time.time()), model=None)
                 return
+            path = self.files.path_of(f["id"])
+            damage = self._input_damage(path, int(f["bytes"]))
+            if damage is not None:
+                self.batches.fail_validation(batch_id, [damage], int(time.time()), model=None)
+                logger.warning("batch input damaged batch=%s: %s", batch_id, damage["message"])
+                return
             result = validate_batch_file(
-                self.files.path_of(f["id"]),
+                path,
                 endpoint=row["endpoint"],
                 models=self.registry,
                 max_lines=s.max_batch_lines,
@@ -92,6 +100,22 @@ class Services:
         except Exception:
             # Leave it in `validating`: a restart validates it again.
             logger.exception("validation crashed batch=%s", batch_id)
+
+    @staticmethod
+    def _input_damage(path: Path, recorded: int) -> dict[str, Any] | None:
+        """The `errors` entry of an input file gone from disk, or of another size than uploaded.
+        A missing file is not a transient storage error: retrying would keep the batch in
+        `validating` forever (#14)."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return {"code": "file_not_found", "param": "input_file_id", "line": None,
+                    "message": f"The input file {path.name} is gone from the server's storage; upload it again."}
+        if size != recorded:
+            return {"code": "file_damaged", "param": "input_file_id", "line": None,
+                    "message": f"The input file {path.name} is {size} bytes on disk, {recorded} were uploaded; "
+                               "upload it again."}
+        return None
 
     def sweep(self, now: int | None = None) -> int:
         """Delete expired files; `now` lets tests move the clock forward."""

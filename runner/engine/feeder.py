@@ -22,6 +22,13 @@ batches stay in_progress with a `model_load_failed` entry in their `errors` (and
 in /health), and the load is tried again after a backoff (2, 4, 8 ... s, at most
 RUNNER_MODEL_LOAD_RETRY_MAX_DELAY), so a fixed model file or a freed GPU lets them run on. Their
 completion window still bounds the wait: an expired batch ends like any other (see #11).
+
+Open files and damage (#14). Input is read through jsonl.iter_lines_reopening, which holds no
+descriptor between chunks, so a thousand running batches cost no more descriptors than one (the
+writer's HandlePool bounds the output side). A batch whose input is gone, cut, grown or changed
+(InputDamaged: found when its ledger opens or when the feeder reads on) stops being fed and is
+ended as failed through the loop (Abort, so its in-flight lines are dropped first); it never
+raises out of this thread, so the other batches run on.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
@@ -41,7 +49,7 @@ from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load,
 from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
 from runner.engine.window import Window
 from runner.errors import LineError
-from runner.jsonl import iter_lines
+from runner.jsonl import InputDamaged, changed_line, iter_lines_reopening
 from runner.model_specs import ModelRegistry, ModelSpec
 from runner.settings import Settings
 
@@ -73,23 +81,26 @@ class BatchFeed:
     endpoint: str
     lines: Iterator[tuple[int, bytes | None]]
     done: LineSet  # lines written before this feed opened (a restart); the writer owns the live set
+    path: Path  # the input file
     route: Route | None = None  # None: every line is this feed's
     exhausted: bool = False
 
     def next_request(self) -> LineRequest | BadLine | None:
-        """The next unwritten line; a BadLine for one that cannot run; None at the end."""
+        """The next unwritten line; a BadLine for one that cannot run; None at the end. Raises
+        InputDamaged when the input is no longer the file validation (or the run's scan) read."""
         for lineno, raw in self.lines:
             if lineno in self.done:
                 continue
-            if raw is None:
-                logger.error("oversized line skipped batch=%s line=%d", self.batch_id, lineno)
-                continue
+            # Validation (or `runner run`'s scan) saw every line as JSON with a string custom_id,
+            # so a line that is not means the file changed under the batch: skipping it would
+            # leave the batch short of its total, in_progress until it expired (#14).
             try:
-                obj = orjson.loads(raw)
+                obj = orjson.loads(raw)  # type: ignore[arg-type] # None (oversized) is a TypeError
                 cid = obj["custom_id"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                logger.error("unreadable input line skipped batch=%s line=%d", self.batch_id, lineno)
-                continue
+                raise changed_line(self.path, lineno) from None
+            if not isinstance(cid, str):
+                raise changed_line(self.path, lineno)
             if self.route is not None:
                 where = self.route(obj)
                 if isinstance(where, LineError):
@@ -196,8 +207,19 @@ class Feeder(threading.Thread):
         """Stop reading the batch; True if any of its feeds was open."""
         keys = [k for k, f in self.feeds.items() if f.batch_id == batch_id]
         for key in keys:
-            del self.feeds[key]
+            self.feeds.pop(key).exhausted = True  # a feeding pass holding it skips it from now on
         return bool(keys)
+
+    def _damaged(self, batch_id: str, damage: InputDamaged) -> None:
+        """End the batch on its damaged input: through the loop if lines may be in flight."""
+        if batch_id in self.closing:
+            return
+        logger.error("damaged input, batch ends batch=%s: %s", batch_id, damage)
+        self.closing.add(batch_id)
+        if self._drop(batch_id):
+            self.inbox.put(Abort(batch_id, "failed", damage))  # the loop forwards the Close
+        else:
+            self.outbox.put(Close(batch_id, "failed", damage))
 
     def _open_ledger(self, batch_id: str) -> Ledger | None:
         ledger = self.state.ledger(batch_id)
@@ -223,12 +245,15 @@ class Feeder(threading.Thread):
         ledger = self._open_ledger(info.id)
         if ledger is None:
             return
+        if ledger.damage is not None:
+            self._damaged(info.id, ledger.damage)
+            return
         for plan in plans:
             self.feeds[self._key(info.id, plan)] = BatchFeed(
                 batch_id=info.id, seq=info.seq, model=plan.model,
                 spec=self.registry.get(plan.model) if plan.model else None, endpoint=info.endpoint,
-                lines=iter_lines(ledger.input_path, self.settings.max_line_bytes), done=ledger.done.copy(),
-                route=plan.route)
+                lines=iter_lines_reopening(ledger.input_path, self.settings.max_line_bytes, size=ledger.input_bytes),
+                done=ledger.done.copy(), path=ledger.input_path, route=plan.route)
             if plan.model in self.state.load_errors:
                 self.reported.pop(plan.model, None)  # report again, so the new batch gets the notice too
         self.outbox.put(Check(info.id))  # a batch whose lines were all written before a crash ends now
@@ -325,7 +350,7 @@ class Feeder(threading.Thread):
         Each model's free window room is taken in one go and its lines leave in one Feed, so the
         per-line cost is reading and parsing the line, not locks and queue hand-offs."""
         rings: dict[str, list[BatchFeed]] = {}
-        for feed in self.feeds.values():
+        for feed in list(self.feeds.values()):  # a damaged input found here drops its feeds
             if feed.exhausted:
                 continue
             if feed.spec is None:
@@ -351,7 +376,16 @@ class Feeder(threading.Thread):
             reqs: list[LineRequest] = []
             while ring and len(reqs) < room:
                 for feed in list(ring):
-                    item = feed.next_request()
+                    if feed.exhausted:  # dropped during this pass (its batch's input is damaged)
+                        ring.remove(feed)
+                        continue
+                    try:
+                        item = feed.next_request()
+                    except InputDamaged as exc:
+                        self._damaged(feed.batch_id, exc)
+                        reqs = [r for r in reqs if r.batch_id != feed.batch_id]
+                        ring.remove(feed)
+                        continue
                     if isinstance(item, LineRequest):
                         reqs.append(item)
                         if len(reqs) == room:
@@ -375,15 +409,22 @@ class Feeder(threading.Thread):
         error = LineError(f"The model {feed.model!r} does not exist on this server.", status=404,
                           code="model_not_found", param="model")
         rows = []
+        damage = None
         for _ in range(DIRECT_PER_PASS):
-            item = feed.next_request()
+            try:
+                item = feed.next_request()
+            except InputDamaged as exc:
+                damage = exc
+                break
             if item is None:
                 break
             if isinstance(item, LineRequest):
                 item = BadLine(item.line, item.custom_id, error)
             rows.append(self._row(feed, item))
         if rows:
-            self.outbox.put(Results(rows))
+            self.outbox.put(Results(rows))  # the lines read before the damage was found are sound
+        if damage is not None:
+            self._damaged(feed.batch_id, damage)
 
     def _direct(self, feed: BatchFeed, bad: BadLine) -> None:
         self.outbox.put(Results([self._row(feed, bad)]))

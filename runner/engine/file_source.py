@@ -171,6 +171,7 @@ class FileSource:
         self.ended = threading.Event()
         self.on_checkpoint = on_checkpoint
         self.status_now = "in_progress"
+        self.failure: str | None = None  # why the run failed (its input was damaged under it)
         self._plans = self._plan(scan, max_line_bytes)
         endpoints = sorted(scan.urls)
         self.endpoint = endpoints[0] if endpoints else "/v1/chat/completions"
@@ -287,8 +288,10 @@ class FileSource:
         if self.on_checkpoint is not None:
             self.on_checkpoint(ledger.totals)
 
-    def settle(self, batch_id: str, reason: str | None) -> str:
+    def settle(self, batch_id: str, reason: str | None, error: dict[str, Any] | None = None) -> str:
         self.status_now = "completed" if reason is None else reason
+        if error is not None:
+            self.failure = str(error["message"])
         self.ended.set()
         return self.status_now
 

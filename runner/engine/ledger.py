@@ -5,6 +5,12 @@ to the sizes of the last checkpoint (BatchStore.durable_sizes), so a torn or unr
 dropped, and the set of lines already written is rebuilt from what is left (their custom_ids,
 mapped back to input line numbers). `sync()` fsyncs
 both files and returns the Progress to record, so the database never points past durable bytes.
+
+A ledger holds no descriptor of its own (#14): rows gather in a buffer per file and go out with
+one write per flush through the engine's HandlePool (handles.py), which bounds the open files
+however many batches run. Opening a ledger also checks the batch's input file (gone, or another
+size than validation read): a damaged input is recorded in `damage`, for the batch to end on, and
+never raises out of the engine's threads.
 """
 
 from __future__ import annotations
@@ -13,12 +19,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from runner.engine.backend import Usage
-from runner.jsonl import iter_custom_ids
+from runner.engine.handles import HandlePool
+from runner.jsonl import InputDamaged, check_size, gone, iter_custom_ids
 from runner.store.batches import Progress
 
 logger = logging.getLogger(__name__)
@@ -108,11 +115,11 @@ def _is_ok(row: Any) -> bool:
     return isinstance(response, dict) and response.get("status_code") == 200
 
 
-def _lines_of(input_path: Path, written: set[str], max_line_bytes: int) -> LineSet:
+def _lines_of(input_path: Path, written: set[str], max_line_bytes: int, size: int | None) -> LineSet:
     """The input line numbers of the written custom_ids (validation made custom_ids unique)."""
     done = LineSet()
     if written:
-        for lineno, cid in iter_custom_ids(input_path, max_line_bytes):
+        for lineno, cid in iter_custom_ids(input_path, max_line_bytes, size=size):
             if cid in written:
                 done.add(lineno)
     return done
@@ -159,15 +166,30 @@ class Ledger:
 
     def __init__(self, *, batch_id: str, model: str, total: int, input_path: Path, output_path: Path,
                  error_path: Path | None, durable: tuple[int | None, int | None], totals: Totals,
-                 max_line_bytes: int = 16 * 1024 * 1024, resume: LineSet | None = None) -> None:
+                 max_line_bytes: int = 16 * 1024 * 1024, resume: LineSet | None = None,
+                 input_bytes: int | None = None, handles: HandlePool | None = None) -> None:
         """`error_path` None: error rows go into the output file (`runner run` without --errors).
         `durable` None: no checkpoint (keep every whole row). `resume`: the written lines as the
-        checkpoint recorded them (with `totals` counted); else they are rebuilt from the rows kept."""
+        checkpoint recorded them (with `totals` counted); else they are rebuilt from the rows kept.
+        `input_bytes`: the input's size when validated (None: not checked, only its presence).
+        `handles`: the engine's shared pool (None: a pool of this ledger's two files)."""
         self.batch_id = batch_id
         self.model = model
         self.total = total
         self.input_path = input_path
+        self.input_bytes = input_bytes
         self.merged = error_path is None
+        self.damage: InputDamaged | None = None
+        try:
+            st = input_path.stat()
+        except FileNotFoundError:
+            self.damage = gone(input_path)
+        else:
+            if input_bytes is not None:
+                try:
+                    check_size(input_path, st.st_size, input_bytes)
+                except InputDamaged as exc:
+                    self.damage = exc
         out_size, out_whole = _cut(output_path, durable[0])
         err_size, err_whole = (0, True) if error_path is None else _cut(error_path, durable[1])
         if resume is not None and out_whole and err_whole and None not in durable:
@@ -180,15 +202,21 @@ class Ledger:
             if error_path is not None:
                 bad += sum(_scan(error_path, err_size, written))
             totals.completed, totals.failed = ok, bad
-            self.done = _lines_of(input_path, written, max_line_bytes)
+            self.done = LineSet()
+            if self.damage is None:
+                try:
+                    self.done = _lines_of(input_path, written, max_line_bytes, input_bytes)
+                except InputDamaged as exc:
+                    self.damage = exc  # the batch ends on it: which lines are written no longer matters
             del written
         self.totals = totals
         self.sizes = [out_size, err_size]
         self._synced = [-1, -1]  # sizes at the last fsync; -1: fsync on the first sync whatever the size
-        # 1 MiB buffers: the writer flushes after each run of messages anyway, and each write()
-        # syscall with the default 8 KiB buffer gave the GIL away mid-row (see messages.py).
-        out = open(output_path, "ab", buffering=_BUFFER)  # noqa: SIM115 - closed by close()
-        self._files: list[IO[bytes]] = [out, out if error_path is None else open(error_path, "ab", buffering=_BUFFER)]
+        self._paths = [output_path, output_path if error_path is None else error_path]
+        self._handles = handles if handles is not None else HandlePool(2)
+        # Rows wait here until the writer flushes after each run of messages (one write() per file
+        # then; a write() per row gave the GIL away mid-row, see messages.py), or until _BUFFER.
+        self._pending = [bytearray(), bytearray()]
         self.dirty = True
         self.unflushed = False
         self.closed = False
@@ -204,7 +232,10 @@ class Ledger:
             logger.warning("duplicate result dropped batch=%s line=%d", self.batch_id, line)
             return False
         which = 0 if ok or self.merged else 1
-        self._files[which].write(row)
+        pending = self._pending[which]
+        pending += row
+        if len(pending) >= _BUFFER:
+            self._write(which)
         self.sizes[which] += len(row)
         t = self.totals
         if ok:
@@ -219,19 +250,25 @@ class Ledger:
         self.dirty = self.unflushed = True
         return True
 
+    def _write(self, which: int) -> None:
+        pending = self._pending[which]
+        if pending:
+            self._handles.write(self._paths[which], pending)
+            pending.clear()
+
     def flush(self) -> None:
         if self.unflushed:
-            for f in self._files:
-                f.flush()
+            self._write(0)
+            self._write(1)
             self.unflushed = False
 
     def sync(self) -> Progress:
         """fsync the files that grew since the last sync, then describe what is durable. (The error
         file usually has no new rows: skipping its fsync halves the cost of most checkpoints.)"""
-        for i, f in enumerate(self._files[:1] if self.merged else self._files):
-            f.flush()
+        for i in (0,) if self.merged else (0, 1):
+            self._write(i)
             if self.sizes[i] != self._synced[i]:
-                os.fsync(f.fileno())
+                self._handles.fsync(self._paths[i])
                 self._synced[i] = self.sizes[i]
         self.unflushed = False
         self.dirty = False
@@ -242,6 +279,12 @@ class Ledger:
                         error_bytes=self.sizes[1])
 
     def close(self) -> None:
+        if self.closed:
+            return
         self.closed = True
-        for f in self._files:
-            f.close()  # closing the shared file twice (merged) is a no-op
+        try:
+            self._write(0)
+            self._write(1)
+        finally:
+            for path in self._paths:
+                self._handles.release(path)  # releasing the shared path twice (merged) is a no-op

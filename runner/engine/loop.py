@@ -131,7 +131,7 @@ class EngineLoop:
             self._give(model, len(model_keys))
         if keys:
             logger.info("aborted in-flight lines batch=%s lines=%d reason=%s", msg.batch_id, len(keys), msg.reason)
-        self.outbox.put(Close(msg.batch_id, msg.reason))
+        self.outbox.put(Close(msg.batch_id, msg.reason, msg.damage))
 
     def _load(self, spec: ModelSpec) -> None:
         old = self.slots.get(spec.task)

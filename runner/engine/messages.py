@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.ledger import Ledger
 from runner.engine.window import Window
+from runner.jsonl import InputDamaged
 from runner.model_specs import ModelSpec
 
 
@@ -34,10 +35,11 @@ class Feed:
 
 @dataclass(frozen=True, slots=True)
 class Abort:
-    """Drop the batch's in-flight lines, then forward Close(batch_id, reason) to the writer."""
+    """Drop the batch's in-flight lines, then forward Close(batch_id, reason, damage) to the writer."""
 
     batch_id: str
-    reason: str  # "cancelled" | "expired"
+    reason: str  # "cancelled" | "expired" | "failed" (its input file is damaged)
+    damage: InputDamaged | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +67,12 @@ class Results:
 
 @dataclass(frozen=True, slots=True)
 class Close:
-    """Write every unwritten line as `batch_<reason>`, then end the batch."""
+    """Write every unwritten line as `batch_<reason>`, then end the batch. With `damage` (reason
+    "failed"), no line is written: the batch ends as failed on its damaged input."""
 
     batch_id: str
     reason: str
+    damage: InputDamaged | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from runner.engine.handles import HandlePool
 from runner.engine.ledger import Ledger, Totals
 from runner.errors import ConfigError, Conflict, LineError
 from runner.settings import Settings
@@ -78,7 +79,11 @@ class Source(Protocol):
     def feeds(self, info: BatchInfo) -> list[FeedPlan]: ...
     def open_ledger(self, batch_id: str, max_line_bytes: int) -> Ledger | None: ...
     def checkpoint(self, ledger: Ledger) -> None: ...
-    def settle(self, batch_id: str, reason: str | None) -> str: ...
+    def settle(self, batch_id: str, reason: str | None, error: dict[str, Any] | None = None) -> str:
+        """End the batch: completed (reason None), cancelled, expired, or failed (a damaged input).
+        `error`: the Batch `errors` entry that says why its lines stopped short (damaged input)."""
+        ...
+
     def status(self, batch_id: str) -> str | None: ...
     def close(self) -> None: ...
 
@@ -113,6 +118,7 @@ class StoreSource:
         self.store = BatchStore(self.db, self.files)
         self.models = ModelStates(self.db)
         self.lock_path = settings.data_path / "engine.lock"
+        self.handles = HandlePool()  # every running batch's output and error files share it
 
     def acquire(self, stopping: threading.Event) -> IO[bytes] | None:
         return flock(self.lock_path, stopping)  # a restarting server waits for the old engine to go
@@ -135,18 +141,23 @@ class StoreSource:
         files = self.files
         totals = Totals(input_tokens=row["input_tokens"], cached_tokens=row["cached_tokens"],
                         output_tokens=row["output_tokens"], reasoning_tokens=row["reasoning_tokens"])
+        input_row = files.get_any(row["input_file_id"])
         return Ledger(batch_id=batch_id, model=row["model"] or "", total=int(row["total"]),
                       input_path=files.path_of(row["input_file_id"]),
                       output_path=files.path_of(row["output_file_id"]),
                       error_path=files.path_of(row["error_file_id"]),
-                      durable=self.store.durable_sizes(batch_id), totals=totals, max_line_bytes=max_line_bytes)
+                      durable=self.store.durable_sizes(batch_id), totals=totals, max_line_bytes=max_line_bytes,
+                      input_bytes=int(input_row["bytes"]) if input_row is not None else None,
+                      handles=self.handles)
 
     def checkpoint(self, ledger: Ledger) -> None:
         self.store.checkpoint(ledger.batch_id, ledger.sync())  # fsync first, then record
 
-    def settle(self, batch_id: str, reason: str | None) -> str:
-        """Move the batch to its terminal status from wherever it is now; retried if a cancel races."""
+    def settle(self, batch_id: str, reason: str | None, error: dict[str, Any] | None = None) -> str:
+        """Move the batch to its terminal status from wherever it is now; retried if a cancel races.
+        A damaged input (`error`) fails an in_progress batch; a cancel that came first still wins."""
         status = "?"
+        errors = None if error is None else [error]
         for _ in range(5):
             row = self.store.get_any(batch_id)
             if row is None:
@@ -154,15 +165,15 @@ class StoreSource:
             status = row["status"]
             now = int(time.time())
             try:
-                if status == "in_progress" and reason == "expired":
-                    self.store.transition(batch_id, "expired", now)
+                if status == "in_progress" and reason in ("expired", "failed"):
+                    self.store.transition(batch_id, reason, now, errors=errors)
                 elif status == "in_progress":
                     self.store.transition(batch_id, "finalizing", now)
                     self.store.transition(batch_id, "completed", now)
                 elif status == "finalizing":
                     self.store.transition(batch_id, "completed", now)
                 elif status == "cancelling":
-                    self.store.transition(batch_id, "cancelled", now)
+                    self.store.transition(batch_id, "cancelled", now, errors=errors)
                 else:
                     return status
             except Conflict:

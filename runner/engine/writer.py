@@ -11,6 +11,12 @@ Endings: when completed + failed == total the batch goes in_progress -> finalizi
 (or cancelling -> cancelled if a cancel raced it). A Close writes every line not yet written as
 {response: null, error: {code: batch_cancelled | batch_expired}}, then ends the batch as cancelled /
 expired. Every ending checkpoints first, so each custom_id is in exactly one file, exactly once.
+
+A damaged input file (gone, cut, grown or changed since validation: jsonl.InputDamaged) ends its
+batch, never the engine (#14). The rows already written stay; the lines not written cannot be
+listed faithfully (their custom_ids are gone or no longer trusted), so none is invented: the batch
+ends as failed (cancelled / expired if that was asked first) with one `errors` entry, code
+file_not_found or file_damaged, that says how many lines have rows and how many never ran.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from typing import Any
 
 import orjson
 
@@ -26,7 +33,7 @@ from runner.engine.ledger import Ledger
 from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
 from runner.engine.sources import Source
 from runner.ids import new_line_id, new_request_id
-from runner.jsonl import iter_custom_ids
+from runner.jsonl import InputDamaged, iter_custom_ids
 from runner.settings import Settings
 from runner.wire import CANCELLED_MESSAGE, EXPIRED_MESSAGE, error_line, output_line
 
@@ -120,18 +127,30 @@ class Writer(threading.Thread):
         ledger = self.state.ledger(msg.batch_id)
         if ledger is None:
             if msg.batch_id not in self.state.ended:
-                self._settle(msg.batch_id, msg.reason)  # e.g. cancelled while validating: no files
+                # e.g. cancelled while validating: no files, no rows
+                error = None if msg.damage is None else damage_entry(msg.damage, msg.reason, 0, 0)
+                self.source.settle(msg.batch_id, msg.reason, error)
                 self.state.ended.add(msg.batch_id)
             return
-        code, message = _REASONS[msg.reason]
+        if msg.reason == "failed" and ledger.finished:
+            self._end(ledger, None)  # every line has its row: the damage came too late to matter
+            return
+        damage = msg.damage or ledger.damage
         written = 0
-        for lineno, cid in iter_custom_ids(ledger.input_path, self.settings.max_line_bytes):
-            if lineno in ledger.done:
-                continue
-            row = error_line(new_line_id(), cid, code, message)
-            written += ledger.append(lineno, orjson.dumps(row) + b"\n", ok=False)
-        logger.info("batch %s batch=%s unrun_lines=%d", msg.reason, msg.batch_id, written)
-        self._end(ledger, msg.reason)
+        if damage is None and msg.reason in _REASONS:
+            code, message = _REASONS[msg.reason]
+            try:
+                for lineno, cid in iter_custom_ids(ledger.input_path, self.settings.max_line_bytes,
+                                                   size=ledger.input_bytes):
+                    if lineno in ledger.done:
+                        continue
+                    row = error_line(new_line_id(), cid, code, message)
+                    written += ledger.append(lineno, orjson.dumps(row) + b"\n", ok=False)
+            except InputDamaged as exc:
+                damage = exc  # the rows written so far stay; the rest cannot be listed
+        logger.info("batch %s batch=%s unrun_lines=%d%s", msg.reason, msg.batch_id, written,
+                    f" damaged_input={damage}" if damage is not None else "")
+        self._end(ledger, msg.reason, damage)
 
     def _check(self, batch_id: str) -> None:
         ledger = self.state.ledger(batch_id)
@@ -149,12 +168,13 @@ class Writer(threading.Thread):
             if ledger.dirty:
                 self.source.checkpoint(ledger)
 
-    def _end(self, ledger: Ledger, reason: str | None) -> None:
+    def _end(self, ledger: Ledger, reason: str | None, damage: InputDamaged | None = None) -> None:
         self.source.checkpoint(ledger)
-        status = self._settle(ledger.batch_id, reason)
+        t = ledger.totals
+        error = None if damage is None else damage_entry(damage, reason, t.completed + t.failed, ledger.total)
+        status = self.source.settle(ledger.batch_id, reason, error)
         ledger.close()
         self.state.unregister(ledger.batch_id)
-        t = ledger.totals
         logger.info("batch done batch=%s status=%s completed=%d failed=%d total=%d", ledger.batch_id, status,
                     t.completed, t.failed, ledger.total)
 
@@ -188,3 +208,13 @@ class Writer(threading.Thread):
                         stats.lines / elapsed, tokens / elapsed, inflight)
             stats.lines = stats.output_tokens = 0
         self._generated_at_log = generated
+
+
+def damage_entry(damage: InputDamaged, reason: str | None, written: int, total: int) -> dict[str, Any]:
+    """The Batch `errors` entry of a batch that ended on its damaged input file."""
+    what = {"cancelled": "was cancelled", "expired": "expired"}.get(reason or "", "failed")
+    unrun = "could not be listed as error rows" if reason in _REASONS else "were not run"
+    message = (f"The input file {damage.name} {damage.detail}, so the batch {what} with {written} of {total} "
+               f"lines in its output and error files; the other {max(0, total - written)} {unrun}. Upload the "
+               "file again and create a new batch for them.")
+    return {"code": damage.code, "message": message, "param": "input_file_id", "line": damage.line}

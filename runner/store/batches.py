@@ -220,12 +220,15 @@ class BatchStore:
         )
         return (0, 0) if row is None else (int(row["ob"]), int(row["eb"]))
 
-    def transition(self, batch_id: str, new: str, now: int) -> None:
+    def transition(self, batch_id: str, new: str, now: int, *, errors: list[dict[str, Any]] | None = None) -> None:
+        """Move the batch to `new`; `errors` (if given) becomes its `errors` in the same transaction."""
         with self.db.transaction() as conn:
             row = conn.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
             if row is None:
                 raise NotFound(f"No such Batch object: {batch_id}", param="batch_id")
             self._set_status(conn, batch_id, row["status"], new, now)
+            if errors is not None:
+                conn.execute("UPDATE batches SET errors = ? WHERE id = ?", (orjson.dumps(errors).decode(), batch_id))
 
     @staticmethod
     def _set_status(conn: sqlite3.Connection, batch_id: str, current: str, new: str, now: int) -> None:

@@ -6,7 +6,9 @@ from runner.errors import Conflict
 
 ALLOWED: dict[str, frozenset[str]] = {
     "validating": frozenset({"in_progress", "failed", "cancelling"}),
-    "in_progress": frozenset({"finalizing", "expired", "cancelling"}),
+    # in_progress -> failed is runner's own (#14): the batch's input file was found damaged or gone
+    # while it ran; OpenAI fails a batch only in validation.
+    "in_progress": frozenset({"finalizing", "expired", "cancelling", "failed"}),
     "finalizing": frozenset({"completed"}),
     "cancelling": frozenset({"cancelled"}),
     "completed": frozenset(),

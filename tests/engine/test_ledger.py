@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import orjson
@@ -80,12 +81,13 @@ def test_finished_counts_rows_not_lines(tmp_path: Path, n: int) -> None:
 def test_sync_fsyncs_only_the_files_that_grew(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import runner.engine.ledger as ledger_mod
 
-    synced: list[int] = []
+    synced: list[str] = []  # the names of the files fsynced (descriptors come and go in the HandlePool)
     real_fsync = ledger_mod.os.fsync
-    monkeypatch.setattr(ledger_mod.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(ledger_mod.os, "fsync",
+                        lambda fd: (synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name), real_fsync(fd)))
     inp = _input(tmp_path, 5)
     led = _ledger(tmp_path, inp, (0, 0))
-    out_fd, err_fd = (f.fileno() for f in led._files)
+    out_fd, err_fd = "out.jsonl", "err.jsonl"
     led.sync()
     assert sorted(synced) == sorted([out_fd, err_fd])  # the first sync covers both (a restart's cut)
     synced.clear()
@@ -99,3 +101,47 @@ def test_sync_fsyncs_only_the_files_that_grew(tmp_path: Path, monkeypatch: pytes
     led.sync()
     assert synced == [err_fd]
     led.close()
+
+
+def test_ledgers_share_a_bounded_pool_of_descriptors(tmp_path: Path) -> None:
+    """Many ledgers hold no more descriptors than the pool allows (#14), and every row lands in its file."""
+    from runner.engine.handles import HandlePool
+
+    pool = HandlePool(4)
+    inp = _input(tmp_path, 5)
+    before = len(os.listdir("/proc/self/fd"))
+    ledgers = [Ledger(batch_id=f"b{i}", model="m", total=5, input_path=inp, output_path=tmp_path / f"o{i}",
+                      error_path=tmp_path / f"e{i}", durable=(0, 0), totals=Totals(), handles=pool)
+               for i in range(40)]
+    for line in (1, 3, 4, 5, 6):
+        for i, led in enumerate(ledgers):
+            led.append(line, _row(f"c{line}"), ok=(line + i) % 2 == 0)
+            led.flush()
+            assert len(pool) <= 4
+    assert len(os.listdir("/proc/self/fd")) - before <= 4
+    for led in ledgers:
+        led.sync()
+        led.close()
+    assert len(pool) == 0
+    for i in range(40):
+        out = (tmp_path / f"o{i}").read_bytes().splitlines()
+        err = (tmp_path / f"e{i}").read_bytes().splitlines()
+        assert len(out) + len(err) == 5 and len(out) == (3 if i % 2 else 2)
+
+
+def test_a_damaged_input_is_recorded_not_raised(tmp_path: Path) -> None:
+    inp = _input(tmp_path, 5)
+    size = inp.stat().st_size
+    ok = Ledger(batch_id="b", model="m", total=5, input_path=inp, output_path=tmp_path / "o", error_path=tmp_path / "e",
+                durable=(0, 0), totals=Totals(), input_bytes=size)
+    assert ok.damage is None
+    ok.close()
+    cut = Ledger(batch_id="b", model="m", total=5, input_path=inp, output_path=tmp_path / "o",
+                 error_path=tmp_path / "e", durable=(0, 0), totals=Totals(), input_bytes=size + 1)
+    assert cut.damage is not None and cut.damage.code == "file_damaged" and "was cut" in cut.damage.detail
+    cut.close()
+    inp.unlink()
+    gone = Ledger(batch_id="b", model="m", total=5, input_path=inp, output_path=tmp_path / "o",
+                  error_path=tmp_path / "e", durable=(None, None), totals=Totals(), input_bytes=size)
+    assert gone.damage is not None and gone.damage.code == "file_not_found"
+    gone.close()

@@ -108,10 +108,10 @@ class LiveServer:
 
 
 def start_server(tmp: Path, *, env: dict[str, str] | None = None, data_dir: Path | None = None,
-                 engine: bool = False, timeout: float = 30.0) -> LiveServer:
+                 engine: bool = False, timeout: float = 30.0, models_yaml: str = SIM_MODELS_YAML) -> LiveServer:
     tmp.mkdir(parents=True, exist_ok=True)
     models = tmp / "models.yaml"
-    models.write_text(SIM_MODELS_YAML)
+    models.write_text(models_yaml)
     data = data_dir or tmp / "data"
     port = free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
