@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine = sub.add_parser("engine", help="run only the engine process (started by `serve`)")
     _common(engine)
     engine.add_argument("--backend", help="override every model's backend (RUNNER_BACKEND)")
+    engine.add_argument("--parent-pid", dest="parent_pid", type=int,
+                        help="exit when this process (the API that started the engine) is gone")
 
     check = sub.add_parser("check-config", help="validate the settings and models.yaml, then exit")
     _common(check)
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "engine":
             from runner.engine.main import run_engine  # noqa: PLC0415 - the API never imports the engine
 
-            run_engine(settings)
+            run_engine(settings, parent_pid=args.parent_pid)
         elif args.command == "check-config":
             check_config(settings)
     except ConfigError as exc:

@@ -27,6 +27,7 @@ CODES: dict[str, str] = {
     "service_unavailable": "the server cannot take this now; retry (generic 503)",
     "shutting_down": "the server is stopping; retry",
     "disk_full": "no space left for the upload or the rows",
+    "database_busy": "another process holds the database's write lock past RUNNER_DB_BUSY_TIMEOUT; retry",
     "internal_error": "an unexpected exception in runner (a bug): the request or line may be retried",
     "invalid_json": "a request body or input line that is not JSON",
     "invalid_utf8": "bytes that are not UTF-8: an input line, a JSON request body, an upload's form field",
@@ -76,4 +77,9 @@ CODES: dict[str, str] = {
     # -- notices on a waiting Batch (errors.data) and in /health -------------------------------------
     "model_load_failed": "the batch's model failed to load; it is retried after a backoff",
     "model_unhealthy": "the model was stopped after a run of 5xx rows; it is reloaded after a backoff",
+    # -- /health reasons (status unhealthy, 503) -----------------------------------------------------
+    "engine_frozen": "the engine's heartbeat (or its writer thread) stopped past RUNNER_ENGINE_STALL_TIMEOUT",
+    "engine_crash_loop": "the engine restarted 3 times within RUNNER_ENGINE_CRASH_LOOP_WINDOW",
+    "engine_no_progress": "batches pending, no line finished for RUNNER_ENGINE_PROGRESS_TIMEOUT",
+    "engine_waiting_for_lock": "the engine waits for engine.lock, held by another process",
 }

@@ -12,6 +12,7 @@
         RateLimited      429 with Retry-After
         ServiceUnavailable 503 (e.g. disk full): retry later
           StoreClosed    503 shutting_down: the store was closed (the server is stopping)
+          StoreBusy      503 database_busy with Retry-After: another process holds the write lock
       LineError          one input line failed: goes to the error file, the batch goes on
       EngineDead         the backend crashed: recoverable, the batch stays in_progress and resumes
 
@@ -22,6 +23,7 @@ ConfigError, the engine's writer renders LineError into an error row.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 
@@ -126,6 +128,13 @@ class StoreClosed(ServiceUnavailable):
     """503: the store is closed because the process is shutting down; retry against the restarted server."""
 
     code = "shutting_down"
+
+
+class StoreBusy(ServiceUnavailable, sqlite3.OperationalError):
+    """503: SQLite's write lock stayed taken (a frozen engine, a long outside transaction) past the API's
+    busy timeout. Also a sqlite3.OperationalError, so code that retries storage errors still does."""
+
+    code = "database_busy"
 
 
 class LineError(RunnerError):

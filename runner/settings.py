@@ -93,6 +93,18 @@ SETTINGS: tuple[Setting, ...] = (
             "within ~10 ms.", float),
     Setting("engine_restart_max_delay", "RUNNER_ENGINE_RESTART_MAX_DELAY", 10.0,
             "Longest wait before a dead engine is restarted (the wait doubles from 0.5 s).", float),
+    Setting("engine_stall_timeout", "RUNNER_ENGINE_STALL_TIMEOUT", 60.0,
+            "Seconds without an engine heartbeat (or with its writer stuck) before the engine counts as "
+            "frozen: /health says unhealthy and the engine is killed and restarted.", float),
+    Setting("engine_progress_timeout", "RUNNER_ENGINE_PROGRESS_TIMEOUT", 900.0,
+            "Seconds without a finished line while batches are pending before /health says unhealthy "
+            "(engine_no_progress).", float),
+    Setting("engine_crash_loop_window", "RUNNER_ENGINE_CRASH_LOOP_WINDOW", 300.0,
+            "Three engine restarts within this many seconds make /health unhealthy (engine_crash_loop).",
+            float),
+    Setting("db_busy_timeout", "RUNNER_DB_BUSY_TIMEOUT", 5.0,
+            "Seconds an API request waits for SQLite's write lock before it answers 503 database_busy.",
+            float),
     Setting("model_load_retry_max_delay", "RUNNER_MODEL_LOAD_RETRY_MAX_DELAY", 300.0,
             "Longest wait between attempts to load a model that failed to load (the wait doubles from 2 s).",
             float),
@@ -127,6 +139,10 @@ class Settings:
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
     engine_restart_max_delay: float = 10.0
+    engine_stall_timeout: float = 60.0
+    engine_progress_timeout: float = 900.0
+    engine_crash_loop_window: float = 300.0
+    db_busy_timeout: float = 5.0
     model_load_retry_max_delay: float = 300.0
     throughput_log_interval: float = 10.0
     log_level: str = "info"
@@ -180,6 +196,10 @@ def _check(s: Settings) -> None:
             raise ConfigError(f"{env} must be positive")
     if s.vllm_cpu_kv_cache_gib < 0:
         raise ConfigError("RUNNER_VLLM_CPU_KV_CACHE_GIB must be >= 0")
+    for name in ("engine_stall_timeout", "engine_progress_timeout", "engine_crash_loop_window", "db_busy_timeout"):
+        if getattr(s, name) <= 0:
+            env = next(x.env for x in SETTINGS if x.name == name)
+            raise ConfigError(f"{env} must be positive")
     if s.rate_limit < 0:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
     if s.backend and s.backend not in BACKENDS:

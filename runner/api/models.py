@@ -33,10 +33,18 @@ async def health(request: Request) -> Response:
     svc: Services | None = getattr(request.app.state, "services", None)
     if svc is None:
         return OrjsonResponse({"status": "starting"}, status_code=503)
-    status_of = getattr(svc, "engine_status", None)
-    engine = status_of() if status_of is not None else None
+    health_of = getattr(svc, "engine_health", None)
+    engine, reasons = health_of() if health_of is not None else (None, [])
     # What the engine reported about its models; a model that fails to load makes the server
-    # "degraded" (still 200: it serves the API, and other models run).
+    # "degraded" (still 200: it serves the API, and other models run). An engine that is frozen,
+    # crash-looping, stuck behind engine.lock or making no progress makes it "unhealthy": 503, so a
+    # monitor that reads only the status code sees it; `reasons` say why, with stable codes.
     models = await run_in_threadpool(svc.model_states.all)
-    status = "degraded" if any(m["state"] != "loaded" for m in models.values()) else "ok"
-    return OrjsonResponse({"status": status, "engine": engine, "models": models})
+    if reasons:
+        status = "unhealthy"
+    elif any(m["state"] != "loaded" for m in models.values()):
+        status = "degraded"
+    else:
+        status = "ok"
+    return OrjsonResponse({"status": status, "reasons": reasons, "engine": engine, "models": models},
+                          status_code=503 if reasons else 200)

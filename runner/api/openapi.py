@@ -132,8 +132,19 @@ SCHEMAS: dict[str, Any] = {
                       "endpoints": ENDPOINT_LIST}),
     "ModelList": _closed({"object": {"const": "list"}, "data": {"type": "array", "items": _ref("Model")}}),
     "Health": {"type": "object", "properties": {
-        "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},
-        "engine": _nullable({"type": "object"}),
+        "status": {"type": "string", "enum": ["ok", "degraded", "unhealthy", "starting"],
+                   "description": "ok / degraded (a model failed to load or is stopped): 200; unhealthy "
+                   "(see reasons) and starting: 503."},
+        "reasons": {"type": "array", "description": "Why the server is unhealthy; empty when it is not.",
+                    "items": _closed({"code": {"type": "string", "enum": [
+                        "engine_frozen", "engine_crash_loop", "engine_waiting_for_lock", "engine_no_progress"]},
+                        "message": STR})},
+        "engine": _nullable({"type": "object", "description": "null when the API runs without an engine.",
+                             "properties": {
+                                 "alive": {"type": "boolean"}, "pid": _nullable(INT), "restarts": INT,
+                                 "waiting_for_lock": _nullable({"type": "object", "properties": {
+                                     "holder_pid": _nullable(INT), "holder_orphaned": {"type": "boolean"},
+                                     "since": {"type": "number"}}})}}),
         "models": {"type": "object", "description": "What the engine reported per model: state (loaded | "
                    "load_failed), error, attempts (failed loads in a row), retry_at (unix time).",
                    "additionalProperties": {"type": "object", "properties": {
@@ -204,11 +215,19 @@ BATCH_ID_PARAM = _param("batch_id", "path", BATCH_ID, "The batch's id.")
 AFTER = {"type": "string", "maxLength": 256}  # empty means absent
 
 
+def _health_op() -> dict[str, Any]:
+    op = _op("health", "Readiness and health of the server (no key needed). 200: ok or degraded; 503: "
+             "starting, or unhealthy with `reasons` (engine frozen, crash-looping, waiting for engine.lock, "
+             "no progress) for monitoring.", _json_response("Ready.", _ref("Health")), ())
+    op["responses"]["503"] = _json_response("Starting, or unhealthy: `status` and `reasons` say which.",
+                                            _ref("Health"))
+    return {**op, "security": []}
+
+
 def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
     upload_note = f" At most {max_upload_bytes} bytes." if max_upload_bytes else ""
     paths: dict[str, Any] = {
-        "/health": {"get": {**_op("health", "Readiness of the server (no key needed).",
-                                  _json_response("Ready.", _ref("Health")), ()), "security": []}},
+        "/health": {"get": _health_op()},
         "/v1/files": {
             "post": _op(
                 "createFile", "Upload a file (streamed to disk; any name)." + upload_note,

@@ -25,7 +25,7 @@ class Services:
         self.settings = settings
         self.registry = registry
         self.started_at = time.time()
-        self.db = Database(settings.db_path)
+        self.db = Database(settings.db_path, busy_timeout=settings.db_busy_timeout)  # 503 database_busy after it
         self.files = FileStore(self.db, settings.files_dir)
         self.batches = BatchStore(self.db, self.files)
         self.model_states = ModelStates(self.db)

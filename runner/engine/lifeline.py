@@ -4,8 +4,13 @@ vLLM runs its EngineCore (and, with tensor parallelism, workers) in child proces
 engine cannot stop them, and an orphaned EngineCore keeps the GPU (or host) memory that the
 restarted engine needs (see #12). Two guards, both Linux-only:
 
-- `die_with_parent()`: the kernel SIGKILLs the engine when the API process that started it dies
-  (PR_SET_PDEATHSIG), as a kill of the whole server always did.
+- `die_with_parent(parent_pid)`: the kernel SIGKILLs the engine when the API process that started it
+  dies (PR_SET_PDEATHSIG), as a kill of the whole server always did. PDEATHSIG is armed only once the
+  engine has imported its modules, so an API killed before that (the OOM killer picks the biggest
+  process, at any moment) is caught by comparing getppid() with the pid the API passed: an orphan is
+  adopted by pid 1 *or by a subreaper* (systemd, tini -s, a container runtime), so "getppid() == 1"
+  alone let the orphan live and keep engine.lock (#14). A parent-watch thread re-checks every 0.5 s
+  in case PDEATHSIG was cleared or could not be set.
 - `start_reaper()`: a tiny watcher process in the engine's process group. When its parent (the
   engine) is gone, it SIGKILLs the whole group: the EngineCore and workers with it, then itself.
   It runs only when the engine leads its own process group (the supervisor starts it so), so it
@@ -20,6 +25,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +42,36 @@ _REAPER = (
 )
 
 
-def die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        logger.warning("cannot set PR_SET_PDEATHSIG; the engine may outlive a killed server")
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+def die_with_parent(parent_pid: int | None = None) -> None:
+    """Die with the API process `parent_pid` (default: the parent now): PDEATHSIG plus a watch thread."""
+    expected = parent_pid if parent_pid is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            logger.warning("cannot set PR_SET_PDEATHSIG; relying on the parent watch alone")
+    _exit_if_orphaned(expected)  # the parent died before prctl took effect
+    threading.Thread(target=_watch_parent, args=(expected,), name="engine-parent-watch", daemon=True).start()
+
+
+def _exit_if_orphaned(expected: int) -> None:
+    if os.getppid() != expected:
+        logger.error("the API process %d that started this engine is gone; exiting", expected)
+        _kill_own_group()
+
+
+def _watch_parent(expected: int) -> None:
+    while True:
+        time.sleep(0.5)
+        _exit_if_orphaned(expected)
+
+
+def _kill_own_group() -> None:
+    """SIGKILL this engine's group (its EngineCore, workers and reaper) when it leads one, else itself."""
+    if os.getpgid(0) == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os._exit(1)
 
 
 def start_reaper() -> subprocess.Popen[bytes] | None:

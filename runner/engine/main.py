@@ -14,10 +14,14 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import IO, Any
 
 from runner.engine.backend import Backend
+from runner.engine.engine_lock import LockWait, acquire_engine_lock
 from runner.engine.factory import make_backend
 from runner.engine.feeder import Feeder
+from runner.engine.heartbeat import FILENAME as HEARTBEAT_FILE
+from runner.engine.heartbeat import Heartbeat, WatchedQueue
 from runner.engine.lifeline import die_with_parent, start_reaper
 from runner.engine.loop import EngineLoop
 from runner.engine.messages import STOP, EngineState
@@ -44,7 +48,10 @@ class Engine:
         self.state = EngineState()
         self.stopping = threading.Event()
         self.inbox: queue.Queue[object] = queue.Queue()
-        self.outbox: queue.Queue[object] = queue.Queue()
+        # The writer's inbox records when the writer last came back to it: the heartbeat's pulse.
+        self.outbox: WatchedQueue = WatchedQueue()
+        self.lock_wait = LockWait()
+        self.phase = "starting"
         self.loop = EngineLoop(settings, self.inbox, self.outbox, self.state, backend_factory)
         self.feeder = Feeder(settings, self.registry, self.source, self.state, self.inbox, self.outbox,
                              self.stopping)
@@ -56,18 +63,33 @@ class Engine:
         """Run the loop on this thread until stop(); then drain the writer and checkpoint."""
         # One engine per data dir (or per `runner run` output): a second one would write the same
         # lines twice.
+        self.phase = "waiting_for_lock"
         try:
-            lock = self.source.acquire(self.stopping)
+            lock = self._acquire()
         except ConfigError as exc:
             self.error = exc
             lock = None
         if lock is None:
             self.source.close()
             return
+        self.phase = "running"
         try:
             self._run()
         finally:
+            self.phase = "stopped"
             lock.close()
+
+    def _acquire(self) -> IO[bytes] | None:
+        if isinstance(self.source, StoreSource):
+            # The server's engine.lock: the holder says who it is, a stale one is killed (engine_lock.py).
+            return acquire_engine_lock(self.source.lock_path, self.stopping, self.lock_wait)
+        return self.source.acquire(self.stopping)
+
+    def health_report(self) -> dict[str, Any]:
+        """What the heartbeat file carries to the supervisor (see heartbeat.py)."""
+        return {"phase": self.phase,
+                "writer_age": round(self.outbox.consumer_age(), 3) if self.phase == "running" else 0.0,
+                "waiting_for_lock": self.lock_wait.snapshot()}
 
     def _run(self) -> None:
         logger.info("engine started models=%s", ",".join(self.registry.ids))
@@ -105,12 +127,13 @@ class Engine:
             self._thread.join(timeout)
 
 
-def run_engine(settings: Settings) -> None:
-    """`runner engine`: the process the supervisor keeps alive."""
+def run_engine(settings: Settings, parent_pid: int | None = None) -> None:
+    """`runner engine`: the process the supervisor keeps alive (`parent_pid`: the API that started it)."""
     configure_logging(settings.log_level, process="engine")
-    die_with_parent()
+    die_with_parent(parent_pid)
     reaper = start_reaper()  # noqa: F841 - lives as long as this process
     engine = Engine(settings)
+    Heartbeat(settings.data_path / HEARTBEAT_FILE, engine.health_report).start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         logger.info("[shutdown] signal %s received", signal.Signals(signum).name)

@@ -2,6 +2,9 @@
 
 The API process and the engine process both open the same file; WAL lets readers go on while one
 writer commits, and busy_timeout makes a writer wait for the other process instead of failing.
+The engine waits long (30 s: its writes must land); the API waits RUNNER_DB_BUSY_TIMEOUT and then
+answers 503 database_busy with Retry-After (StoreBusy), so a frozen engine holding the write lock
+costs clients a quick retry, never a 500 after 30 s (#14).
 """
 
 from __future__ import annotations
@@ -14,17 +17,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StoreClosed
+from runner.errors import StoreBusy, StoreClosed
 from runner.store.schema import SCHEMA_SQL, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
+
+# How SQLite words "another connection holds the lock" once busy_timeout has run out.
+_BUSY = ("database is locked", "database is busy", "database table is locked")
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return not isinstance(exc, StoreBusy) and any(m in str(exc).lower() for m in _BUSY)
 
 
 class Database:
     """A SQLite file shared by the API and engine processes."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, busy_timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
@@ -35,17 +46,21 @@ class Database:
         self._active = 0
         self._closed = False
         conn = self.connection()
+        # The schema at startup may wait the long way: a server should start behind a busy engine.
+        conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(SCHEMA_SQL)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 
     def connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._lock:
@@ -61,6 +76,12 @@ class Database:
             self._active += 1
         try:
             yield self.connection()
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                retry = max(1, round(self.busy_timeout))
+                raise StoreBusy("The database is busy (another process holds its write lock); retry in "
+                                f"{retry} s.", headers={"retry-after": str(retry)}) from exc
+            raise
         finally:
             with self._lock:
                 self._active -= 1
