@@ -48,19 +48,24 @@ class WatchedQueue(queue.Queue[object]):
 
 
 class Heartbeat(threading.Thread):
-    """Writes {"pid", "at", "phase", "writer_age", "waiting_for_lock"} to `path` every INTERVAL."""
+    """Writes {"pid", "at", "phase", "writer_age", "waiting_for_lock"} to `path` every INTERVAL.
+
+    Overwritten in place, padded to SIZE bytes: the file's one block is allocated once, so a full
+    disk never stops the beat (a stale beat gets the engine killed). A reader that catches a write
+    half done gets unparsable JSON and keeps the beat before it."""
+
+    SIZE = 1024
 
     def __init__(self, path: Path, report: Callable[[], dict[str, Any]]) -> None:
         super().__init__(name="engine-heartbeat", daemon=True)
         self.path = path
         self.report = report
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
 
     def beat(self) -> None:
-        record = {"pid": os.getpid(), "at": time.time(), **self.report()}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        with contextlib.suppress(OSError):  # a full disk must not kill the engine; the beat goes stale
-            tmp.write_bytes(orjson.dumps(record))
-            os.replace(tmp, self.path)  # a reader never sees half a record
+        record = orjson.dumps({"pid": os.getpid(), "at": time.time(), **self.report()})
+        with contextlib.suppress(OSError):
+            os.pwrite(self.fd, record.ljust(self.SIZE), 0)
 
     def run(self) -> None:
         while True:
