@@ -44,30 +44,36 @@ class InputDamaged(Exception):
         self.line = line
 
 
-def _lines(f: IO[bytes], max_line_bytes: int, lineno: int = 0) -> Iterator[tuple[int, bytes | None]]:
+def _lines(f: IO[bytes], max_line_bytes: int, lineno: int = 0) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, stripped bytes or None, bytes read so far): counted here, since f.tell() per
+    line cost more than the rest of the reading."""
+    read = 0
     while True:
         raw = f.readline(max_line_bytes + 1)
         if not raw:
             return
+        read += len(raw)
         lineno += 1
         if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
             # Skip the rest of the oversized line so the numbering stays right.
             while raw and not raw.endswith(b"\n"):
                 raw = f.readline(1024 * 1024)
-            yield lineno, None
+                read += len(raw)
+            yield lineno, None, read
             continue
         if lineno == 1 and raw.startswith(BOM):
             raw = raw[len(BOM):]
         line = raw.strip(b" \t\r\n")
         if line:
-            yield lineno, line
+            yield lineno, line, read
 
 
 def iter_lines(path: str | Path, max_line_bytes: int = 16 * 1024 * 1024) -> Iterator[tuple[int, bytes | None]]:
     """Yield (1-based line number, stripped bytes) for each non-blank line, streaming; None in
     place of the bytes for a line longer than max_line_bytes (the reader goes on after it)."""
     with open(path, "rb", buffering=1024 * 1024) as f:
-        yield from _lines(f, max_line_bytes)
+        for lineno, line, _ in _lines(f, max_line_bytes):
+            yield lineno, line
 
 
 def gone(path: Path) -> InputDamaged:
@@ -106,14 +112,15 @@ def iter_lines_reopening(path: str | Path, max_line_bytes: int = 16 * 1024 * 102
             if size is not None:
                 check_size(path, os.fstat(f.fileno()).st_size, size)
             at_end = True
+            read = 0
             try:
                 f.seek(offset)
-                for item in _lines(f, max_line_bytes, lineno):
-                    chunk.append(item)
-                    if f.tell() - offset >= chunk_bytes:
+                for n, line, read in _lines(f, max_line_bytes, lineno):
+                    chunk.append((n, line))
+                    if read >= chunk_bytes:
                         at_end = False
                         break
-                offset = f.tell()
+                offset = offset + read if not at_end else f.tell()
             except OSError as exc:
                 raise _unreadable(path, exc) from None
         if chunk:

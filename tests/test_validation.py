@@ -280,4 +280,5 @@ def test_input_file_gone_before_validation(client: TestClient) -> None:
     svc.files.path_of(fid).unlink()
     svc.submit_validation(bid)
     b = wait_status(client, bid)
-    assert b["status"] == "failed" and b["errors"]["data"][0]["code"] == "file_unreadable"
+    # gone is file_not_found, as when the engine finds it gone (#14); file_unreadable is an I/O error
+    assert b["status"] == "failed" and b["errors"]["data"][0]["code"] == "file_not_found"

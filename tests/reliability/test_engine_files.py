@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .helpers import LiveServer, chat_line, jsonl, start_server, stop_server, upload, wait_batch
+from .helpers import LiveServer, chat_line, jsonl, stop_server, upload, wait_batch
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 
