@@ -90,6 +90,7 @@ def serve(settings: Settings) -> None:
     import uvicorn  # noqa: PLC0415
 
     from runner.api.app import create_app  # noqa: PLC0415
+    from runner.api.connections import protocol_class  # noqa: PLC0415
     from runner.log import configure_logging  # noqa: PLC0415
     from runner.model_specs import load_model_specs  # noqa: PLC0415
     from runner.preflight import preflight  # noqa: PLC0415
@@ -105,5 +106,8 @@ def serve(settings: Settings) -> None:
         logger.warning("no API keys configured (RUNNER_API_KEYS): serving loopback clients only on %s:%d",
                        settings.host, settings.port)
     app = create_app(settings, registry, background=engine_supervisor(settings) if settings.engine else None)
+    # uvicorn's httptools parser and uvloop (both dependencies, so "auto" picks them), with runner's
+    # limits on header size, header time and open connections (api/connections.py, #14).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=False, timeout_graceful_shutdown=5)
+                access_log=False, timeout_graceful_shutdown=5, http=protocol_class(settings),
+                timeout_keep_alive=settings.keep_alive_timeout)  # type: ignore[arg-type]

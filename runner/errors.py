@@ -9,6 +9,8 @@
         NotFound         404 (also for another owner's object)
         Conflict         409 (e.g. cancelling a finished batch, an illegal status change)
         PayloadTooLarge  413
+        RequestTimeout   408 request_timeout: the headers or body stopped arriving (Connection: close)
+        HeaderTooLarge   431 request_header_too_large: the request head is over RUNNER_MAX_HEADER_BYTES
         RateLimited      429 with Retry-After
         ServiceUnavailable 503 (e.g. disk full): retry later
           StoreClosed    503 shutting_down: the store was closed (the server is stopping)
@@ -106,6 +108,22 @@ class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
     code = "file_too_large"
+
+
+class RequestTimeout(ApiError):
+    """408: the client stopped sending its request; the connection is closed after the answer."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class HeaderTooLarge(ApiError):
+    """431: the request line and headers are longer than the server reads."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_too_large"
 
 
 class RateLimited(ApiError):

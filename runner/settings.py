@@ -47,6 +47,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("models_path", "RUNNER_MODELS", "./models.yaml", "Path of models.yaml."),
     Setting("api_keys", "RUNNER_API_KEYS", (), "Comma-separated API keys; each key is its own owner.", _keys),
     Setting("max_upload_bytes", "RUNNER_MAX_UPLOAD_BYTES", 200 * 1024 * 1024, "Upload size cap (413).", int),
+    Setting("max_header_bytes", "RUNNER_MAX_HEADER_BYTES", 64 * 1024,
+            "Longest request line plus headers; longer is refused with 431 before it is buffered.", int),
+    Setting("header_timeout", "RUNNER_HEADER_TIMEOUT", 10.0,
+            "Seconds a new request's line and headers may take to arrive (also how long a new connection "
+            "may send nothing); then 408 and the connection is closed.", float),
+    Setting("body_timeout", "RUNNER_BODY_TIMEOUT", 30.0,
+            "Seconds a request body (an upload) may send nothing while the server waits for it; then 408 "
+            "request_timeout and the connection is closed.", float),
+    Setting("keep_alive_timeout", "RUNNER_KEEP_ALIVE_TIMEOUT", 5.0,
+            "Seconds an idle keep-alive connection stays open between requests.", float),
+    Setting("max_concurrent_uploads", "RUNNER_MAX_CONCURRENT_UPLOADS", 64,
+            "Uploads received at once; one more gets 503 too_many_uploads with Retry-After.", int),
+    Setting("max_connections", "RUNNER_MAX_CONNECTIONS", 0,
+            "Open connections; one more gets 503 too_many_connections (0 = auto: half of the soft "
+            "RLIMIT_NOFILE less 64, so each connection can also hold one open file).", int),
     Setting("max_batch_lines", "RUNNER_MAX_BATCH_LINES", 50_000, "Most request lines in one batch.", int),
     Setting("max_line_bytes", "RUNNER_MAX_LINE_BYTES", 16 * 1024 * 1024, "Longest input line.", int),
     Setting("max_batch_errors", "RUNNER_MAX_BATCH_ERRORS", 100, "Most validation errors listed.", int),
@@ -122,6 +137,12 @@ class Settings:
     models_path: str = "./models.yaml"
     api_keys: tuple[str, ...] = ()
     max_upload_bytes: int = 200 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+    max_concurrent_uploads: int = 64
+    max_connections: int = 0
     max_batch_lines: int = 50_000
     max_line_bytes: int = 16 * 1024 * 1024
     max_batch_errors: int = 100
@@ -190,7 +211,9 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
 def _check(s: Settings) -> None:
     if not 0 < s.port < 65536:
         raise ConfigError(f"port {s.port} is out of range (RUNNER_PORT)")
-    for name in ("max_upload_bytes", "max_batch_lines", "max_line_bytes", "completion_window_seconds"):
+    for name in ("max_upload_bytes", "max_batch_lines", "max_line_bytes", "completion_window_seconds",
+                 "max_header_bytes", "header_timeout", "body_timeout", "keep_alive_timeout",
+                 "max_concurrent_uploads"):
         if getattr(s, name) <= 0:
             env = next(x.env for x in SETTINGS if x.name == name)
             raise ConfigError(f"{env} must be positive")
@@ -200,6 +223,8 @@ def _check(s: Settings) -> None:
         if getattr(s, name) <= 0:
             env = next(x.env for x in SETTINGS if x.name == name)
             raise ConfigError(f"{env} must be positive")
+    if s.max_connections < 0:
+        raise ConfigError("RUNNER_MAX_CONNECTIONS must be >= 0 (0 = auto)")
     if s.rate_limit < 0:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
     if s.backend and s.backend not in BACKENDS:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from runner.api import batches, files, models, openapi
 from runner.api.auth import GuardMiddleware
+from runner.api.limits import BodyLimitsMiddleware
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
 from runner.errors import ApiError, ServiceUnavailable, openai_error_body
@@ -78,12 +79,26 @@ def _request_id_header(request: Request) -> dict[str, str]:
     return {"x-request-id": request_id} if request_id else {}
 
 
-async def _server_error(request: Request, exc: Exception) -> Response:
-    headers = _request_id_header(request)
+def _disk_full_response(request: Request, extra: dict[str, str] | None = None) -> Response:
+    err: ApiError = ServiceUnavailable("The server's disk is full; retry later.", code="disk_full")
+    logger.error("disk full path=%s", request.url.path)
+    return OrjsonResponse(err.body(), status_code=err.status, headers={"retry-after": "30", **(extra or {})})
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    # A full disk is answered here, inside Starlette's ExceptionMiddleware, so the connection stays
+    # usable for the client's retry. Anything else goes on to _server_error.
     if _is_disk_full(exc):
-        err: ApiError = ServiceUnavailable("The server's disk is full; retry later.", code="disk_full")
-        logger.error("disk full path=%s", request.url.path)
-        return OrjsonResponse(err.body(), status_code=err.status, headers={"retry-after": "30", **headers})
+        return _disk_full_response(request)
+    raise exc
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware re-raises after sending this answer and uvicorn then closes
+    # the connection, so the answer must say so (#14: a 503 closed keep-alive silently).
+    headers = {**_request_id_header(request), "connection": "close"}
+    if _is_disk_full(exc):
+        return _disk_full_response(request, headers)
     logger.exception("unhandled error path=%s", request.url.path, exc_info=exc)
     body = openai_error_body("The server had an error while processing your request.", "server_error", None,
                              "internal_error")
@@ -124,8 +139,11 @@ def create_app(
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, OSError: _storage_error,
+                            sqlite3.OperationalError: _storage_error, Exception: _server_error},
     )
+    # Added first, so it runs inside the guard: an unauthenticated request takes no upload slot.
+    app.add_middleware(BodyLimitsMiddleware, settings=settings)
     app.add_middleware(GuardMiddleware, settings=settings)
     return app
 

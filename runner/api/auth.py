@@ -14,12 +14,13 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runner.api.responses import OrjsonResponse
-from runner.errors import ApiError, PermissionDenied, RateLimited, Unauthorized
+from runner.errors import ApiError, InvalidRequest, PermissionDenied, RateLimited, Unauthorized
 from runner.ids import new_request_id
 from runner.settings import Settings, is_loopback
 
 LOCAL_OWNER = "local"
 OPEN_PATHS = ("/health",)
+KEY_HEADERS = (b"authorization", b"x-api-key")
 
 
 def owner_of_key(key: str) -> str:
@@ -107,7 +108,15 @@ class GuardMiddleware:
     def _owner_from_headers(self, scope: Scope) -> str:
         headers: dict[bytes, bytes] = {}
         for k, v in scope.get("headers", []):
-            headers.setdefault(k.lower(), v)
+            name = k.lower()
+            if name in headers and name in KEY_HEADERS:
+                # Authorization is not a list header (RFC 9110): two of them are ambiguous, and letting
+                # the first win would authenticate with a key a proxy may have meant to replace.
+                raise InvalidRequest(
+                    f"The {name.decode()} header was sent more than once; send one API key.",
+                    code="duplicate_authorization",
+                )
+            headers.setdefault(name, v)
         auth = headers.get(b"authorization", b"").decode("latin-1").strip()
         key = ""
         if auth[:7].lower() == "bearer ":
