@@ -20,11 +20,13 @@
 
 Every `code` these carry is listed once, with its condition, in runner/error_codes.py.
 Errors become messages only at the edges: `api/app.py` renders ApiError, `cli.py` renders
-ConfigError, the engine's writer renders LineError into an error row.
+ConfigError, the engine's writer renders LineError into an error row. A client's value quoted in a
+message or a `param` goes through `clip()` (bounded, #14).
 """
 
 from __future__ import annotations
 
+import reprlib
 import sqlite3
 from typing import Any
 
@@ -181,7 +183,7 @@ MODEL_ENDPOINT_MISMATCH = "model_endpoint_mismatch"
 
 
 def endpoint_mismatch_message(model: str, endpoint: str, serves: tuple[str, ...]) -> str:
-    return f"The model {model!r} does not serve {endpoint} (it serves {', '.join(serves)})."
+    return f"The model {clip(model, quote=True)} does not serve {clip(endpoint)} (it serves {', '.join(serves)})."
 
 
 def endpoint_mismatch(model: str, endpoint: str, serves: tuple[str, ...]) -> LineError:
@@ -196,4 +198,34 @@ class EngineDead(RunnerError):
 
 
 def openai_error_body(message: str, type_: str, param: str | None, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    # The one renderer of API errors and error rows: a backstop for a message built from text runner
+    # does not control (a library's exception) or from a value a call site forgot to clip.
+    return {"error": {"message": clip(message, MESSAGE_LIMIT),
+                      "type": type_, "param": None if param is None else clip(param, PARAM_LIMIT), "code": code}}
+
+
+# -- client values in messages ----------------------------------------------------------------------
+
+ECHO_LIMIT = 100  # characters of one client value a message echoes
+PARAM_LIMIT = 200  # characters of a `param`: a path of field names, each name clipped to ECHO_LIMIT
+MESSAGE_LIMIT = 2000  # characters of a whole message, whatever built it
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, ECHO_LIMIT, ECHO_LIMIT, 40
+
+
+def clip(value: Any, limit: int = ECHO_LIMIT, *, quote: bool = False) -> str:
+    """A client's value as an error message or `param` may echo it: text as is (quote=True: as its
+    repr, 'like this'), anything else as its repr, cut to `limit` characters with a marker saying
+    how many were left out: "'xxxx…(+999900 chars)'".
+
+    Every client value that reaches a message goes through here (#14: a 30 MB upload gave 30
+    validation errors of 2.5 MB each, and one GET of that batch returned 82 MB). A value that is not
+    text is shown with reprlib, so a huge or deeply nested list costs no more than its first items.
+    """
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value) if quote else value
+        head, more = value[:limit], f"…(+{len(value) - limit} chars)"
+        return f"{head!r}{more}" if quote else head + more
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,7 +1,9 @@
 """Validation: a batch input file -> (model, line count) or a list of line-numbered problems.
 
 Runs off the event loop and streams through the file, so memory stays flat whatever its size.
-Each problem has a stable `code`, the 1-based `line` and the `param` at fault.
+Each problem has a stable `code`, the 1-based `line` and the `param` at fault. A value of the line
+is echoed clipped (errors.clip), and the list is bounded in count (RUNNER_MAX_BATCH_ERRORS) and in
+bytes (ERRORS_BYTES): the rest are counted in one too_many_errors entry.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from runner.errors import MODEL_ENDPOINT_MISMATCH, endpoint_mismatch_message
+from runner.errors import MESSAGE_LIMIT, MODEL_ENDPOINT_MISMATCH, PARAM_LIMIT, clip, endpoint_mismatch_message
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
 
@@ -32,15 +34,30 @@ class ValidationResult:
         return self.error_count == 0
 
 
+# Bytes of the problems a Batch lists, as JSON: with RUNNER_MAX_BATCH_ERRORS raised, or messages
+# near MESSAGE_LIMIT, a count cap alone would let one Batch object grow without bound, and every
+# GET and list of it with it (#14). 100 typical problems take ~20 KB.
+ERRORS_BYTES = 32 * 1024
+
+
 class _Collector:
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, budget: int = ERRORS_BYTES) -> None:
         self.cap = cap
+        self.budget = budget
         self.result = ValidationResult()
 
     def add(self, code: str, message: str, *, line: int | None, param: str | None) -> None:
         self.result.error_count += 1
-        if len(self.result.errors) < self.cap:
-            self.result.errors.append({"code": code, "message": message, "param": param, "line": line})
+        if len(self.result.errors) >= self.cap or self.budget <= 0:
+            return
+        entry = {"code": code, "message": clip(message, MESSAGE_LIMIT),
+                 "param": None if param is None else clip(param, PARAM_LIMIT), "line": line}
+        size = len(orjson.dumps(entry)) + 1  # as stored and served (escapes and UTF-8 counted)
+        if size > self.budget:
+            self.budget = 0  # listing stops here (the list stays a prefix); the rest are counted
+            return
+        self.budget -= size
+        self.result.errors.append(entry)
 
 
 def validate_batch_file(
@@ -86,7 +103,8 @@ def validate_batch_file(
                     c.add("invalid_utf8", f"Line {lineno} is not valid UTF-8 ({uexc.reason} at byte {uexc.start}).",
                           line=lineno, param=None)
                 else:
-                    c.add("invalid_json", f"Line {lineno} is not valid JSON: {exc}.", line=lineno, param=None)
+                    c.add("invalid_json", f"Line {lineno} is not valid JSON: {clip(str(exc))}.", line=lineno,
+                          param=None)
                 continue
             if not isinstance(obj, dict):
                 c.add("invalid_request", f"Line {lineno} must be a JSON object.", line=lineno, param=None)
@@ -99,7 +117,7 @@ def validate_batch_file(
             elif cid in seen:
                 c.add(
                     "duplicate_custom_id",
-                    f"The custom_id for this request is a duplicate of another request: {cid!r}. "
+                    f"The custom_id for this request is a duplicate of another request: {clip(cid, quote=True)}. "
                     "custom_id must be unique within a batch.",
                     line=lineno,
                     param="custom_id",
@@ -108,16 +126,19 @@ def validate_batch_file(
                 seen.add(cid)
             method = obj.get("method")
             if method != "POST":
-                c.add("invalid_method", f"'method' must be 'POST', got {method!r}.", line=lineno, param="method")
+                c.add("invalid_method", f"'method' must be 'POST', got {clip(method, quote=True)}.", line=lineno,
+                      param="method")
             url = obj.get("url")
             if not isinstance(url, str):
                 c.add("missing_url", "'url' is required and must be a string.", line=lineno, param="url")
             elif url != endpoint:
                 if url not in SUPPORTED_ENDPOINTS:
-                    c.add("invalid_url", f"Unsupported url {url!r}; supported: {', '.join(SUPPORTED_ENDPOINTS)}.",
+                    c.add("invalid_url", f"Unsupported url {clip(url, quote=True)}; supported: "
+                          f"{', '.join(SUPPORTED_ENDPOINTS)}.",
                           line=lineno, param="url")
                 else:
-                    c.add("mismatched_url", f"The url {url!r} does not match the batch endpoint {endpoint!r}.",
+                    c.add("mismatched_url", f"The url {clip(url, quote=True)} does not match the batch endpoint "
+                          f"{endpoint!r}.",
                           line=lineno, param="url")
             body = obj.get("body")
             if not isinstance(body, dict):
@@ -132,8 +153,8 @@ def validate_batch_file(
                 continue
             spec = models.get(model)
             if spec is None:
-                c.add("model_not_found", f"The model {model!r} does not exist on this server; available: "
-                      f"{', '.join(models.ids)}.", line=lineno, param="body.model")
+                c.add("model_not_found", f"The model {clip(model, quote=True)} does not exist on this server; "
+                      f"available: {', '.join(models.ids)}.", line=lineno, param="body.model")
                 continue
             if not spec.serves(endpoint):
                 c.add(MODEL_ENDPOINT_MISMATCH, endpoint_mismatch_message(model, endpoint, spec.endpoints),
@@ -143,7 +164,8 @@ def validate_batch_file(
                 res.model = model
             elif model != first_model[0]:
                 c.add("mixed_models", f"Each input file may use a single model: line {first_model[1]} uses "
-                      f"{first_model[0]!r}, this line uses {model!r}.", line=lineno, param="body.model")
+                      f"{clip(first_model[0], quote=True)}, this line uses {clip(model, quote=True)}.", line=lineno,
+                      param="body.model")
     except OSError as exc:
         c.add("file_unreadable", f"The input file cannot be read: {exc.strerror}.", line=None, param="input_file_id")
     if res.total == 0 and res.error_count == 0:

@@ -21,7 +21,7 @@ from runner.api.auth import GuardMiddleware
 from runner.api.limits import BodyLimitsMiddleware
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
-from runner.errors import ApiError, ServiceUnavailable, openai_error_body
+from runner.errors import ApiError, ServiceUnavailable, clip, openai_error_body
 from runner.model_specs import ModelRegistry, load_model_specs
 from runner.settings import Settings
 
@@ -56,7 +56,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = _HTTP_MESSAGES.get(exc.status_code, str(exc.detail))
     code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
-    body = openai_error_body(f"{message}: {request.method} {request.url.path}", "invalid_request_error", None, code)
+    body = openai_error_body(f"{message}: {clip(request.method)} {clip(request.url.path)}", "invalid_request_error",
+                             None, code)
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
         # One Route per method: Starlette's Allow names only the first route's methods (see #6).

@@ -14,7 +14,7 @@ from runner.api.auth import owner
 from runner.api.params import expires_after, int_param, json_body, str_param
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
-from runner.errors import InvalidRequest, NotFound
+from runner.errors import InvalidRequest, NotFound, clip
 from runner.ids import looks_like_id, new_batch_id
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS
@@ -33,7 +33,7 @@ def _services(request: Request) -> Services:
 def _batch_id(request: Request) -> str:
     batch_id = str(request.path_params["batch_id"])
     if not looks_like_id(batch_id) or not batch_id.startswith("batch_"):
-        raise NotFound(f"No such Batch object: {batch_id[:100]}", param="batch_id")
+        raise NotFound(f"No such Batch object: {clip(batch_id)}", param="batch_id")
     return batch_id
 
 
@@ -75,7 +75,8 @@ async def create_batch(request: Request) -> Response:
     body = await json_body(request)
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
-        raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)}", param=unknown[0],
+        raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(map(clip, unknown[:3]))}"
+                             f"{' and more' if len(unknown) > 3 else ''}", param=clip(unknown[0]),
                              code="unknown_parameter")
     input_file_id = body.get("input_file_id")
     if not isinstance(input_file_id, str) or not input_file_id:
@@ -88,7 +89,7 @@ async def create_batch(request: Request) -> Response:
         raise InvalidRequest("'endpoint' is required.", param="endpoint", code="missing_required_parameter")
     if endpoint not in SUPPORTED_ENDPOINTS:
         hint = " (not served by this runner)" if endpoint in OPENAI_ONLY_ENDPOINTS else ""
-        raise InvalidRequest(f"Unsupported endpoint {endpoint[:100]!r}{hint}; one of "
+        raise InvalidRequest(f"Unsupported endpoint {clip(endpoint, quote=True)}{hint}; one of "
                              f"{', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint", code="invalid_endpoint")
     window = body.get("completion_window", "24h")  # optional at Mithril; "24h" is the only value anyway
     if window != "24h":
@@ -97,7 +98,7 @@ async def create_batch(request: Request) -> Response:
     metadata = _metadata(body.get("metadata"))
     output_seconds = expires_after(body.get("output_expires_after"), "output_expires_after")
     if not looks_like_id(input_file_id) or not input_file_id.startswith("file-"):
-        raise NotFound(f"No such File object: {input_file_id[:100]}", param="input_file_id")
+        raise NotFound(f"No such File object: {clip(input_file_id)}", param="input_file_id")
     now = int(time.time())
     batch_id = new_batch_id()
     row = await run_in_threadpool(

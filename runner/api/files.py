@@ -15,7 +15,7 @@ from runner.api.params import choice_param, expires_after, int_param, str_param
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
 from runner.api.uploads import receive_upload
-from runner.errors import InvalidRequest, NotFound
+from runner.errors import InvalidRequest, NotFound, clip
 from runner.ids import looks_like_id, new_file_id
 from runner.wire import file_object, page
 
@@ -30,7 +30,7 @@ def _services(request: Request) -> Services:
 def _file_id(request: Request) -> str:
     file_id = str(request.path_params["file_id"])
     if not looks_like_id(file_id) or not file_id.startswith("file-"):
-        raise NotFound(f"No such File object: {file_id[:100]}", param="id")
+        raise NotFound(f"No such File object: {clip(file_id)}", param="id")
     return file_id
 
 
@@ -66,13 +66,14 @@ async def create_file(request: Request) -> Response:
         unknown = sorted(k for k in form.fields if k not in ("purpose", "expires_after")
                          and not k.startswith("expires_after["))
         if unknown:  # as POST /v1/batches does (see #6: found by schemathesis)
-            raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(unknown)[:200]}",
-                                 param=unknown[0][:64], code="unknown_parameter")
+            raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(map(clip, unknown[:3]))}"
+                                 f"{' and more' if len(unknown) > 3 else ''}", param=clip(unknown[0]),
+                                 code="unknown_parameter")
         if not purpose:
             raise InvalidRequest("Missing 'purpose'.", param="purpose", code="missing_purpose")
         if purpose not in PURPOSES:
-            raise InvalidRequest(f"Invalid purpose {purpose!r}; one of {', '.join(PURPOSES)}.", param="purpose",
-                                 code="invalid_purpose")
+            raise InvalidRequest(f"Invalid purpose {clip(purpose, quote=True)}; one of {', '.join(PURPOSES)}.",
+                                 param="purpose", code="invalid_purpose")
         # Any name is taken, as OpenAI takes it: the openai SDK names bytes "upload" and tools that
         # upload bytes (bespokelabs-curator) never choose one. Batch creation checks every line.
         filename = form.filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or "upload"

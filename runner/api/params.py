@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
-from runner.errors import InvalidRequest, PayloadTooLarge
+from runner.errors import InvalidRequest, PayloadTooLarge, clip
 
 MAX_JSON_BODY = 1024 * 1024
 
@@ -32,7 +32,7 @@ def choice_param(request: Request, name: str, default: str, choices: tuple[str, 
     if raw is None:
         return default
     if raw not in choices:  # "" too: an empty value is not one of the choices (see #6)
-        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {raw!r}.", param=name,
+        raise InvalidRequest(f"'{name}' must be one of {', '.join(choices)}, got {clip(raw, quote=True)}.", param=name,
                              code="invalid_value")
     return raw
 
@@ -77,7 +77,7 @@ def expires_after(value: Any, param: str) -> int | None:
                              code="invalid_value")
     unknown = sorted(set(value) - {"anchor", "seconds"})
     if unknown:
-        name = f"{param}.{unknown[0][:64]}"  # the first, bounded: the key is the client's text
+        name = f"{param}.{clip(unknown[0])}"  # the first: the key is the client's text
         raise InvalidRequest(f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
     anchor = value.get("anchor", "created_at")
     if anchor != "created_at":

@@ -14,7 +14,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from runner.errors import ApiError, InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from runner.errors import ApiError, InvalidRequest, PayloadTooLarge, ServiceUnavailable, clip
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
@@ -67,7 +67,7 @@ class UploadedForm:
         if not self._is_file:
             return
         if self._name != "file":
-            self._fail(InvalidRequest(f"Unexpected file part {self._name!r}; send the file as 'file'.",
+            self._fail(InvalidRequest(f"Unexpected file part {clip(self._name, quote=True)}; send the file as 'file'.",
                                       param="file", code="invalid_multipart"))
         elif self.filename is not None:
             self._fail(InvalidRequest("Send exactly one 'file' part.", param="file", code="invalid_multipart"))
@@ -88,7 +88,7 @@ class UploadedForm:
             return
         self._buf += chunk
         if len(self._buf) > MAX_FIELD_BYTES:
-            self._fail(InvalidRequest(f"Form field {self._name!r} is too long.", param=self._name,
+            self._fail(InvalidRequest(f"Form field {clip(self._name, quote=True)} is too long.", param=clip(self._name),
                                       code="invalid_multipart"))
 
     def on_end(self) -> None:
@@ -100,8 +100,8 @@ class UploadedForm:
         try:
             self.fields[self._name] = self._buf.decode("utf-8")
         except UnicodeDecodeError:
-            self._fail(InvalidRequest(f"Form field {self._name!r} is not UTF-8.", param=self._name,
-                                      code="invalid_utf8"))
+            self._fail(InvalidRequest(f"Form field {clip(self._name, quote=True)} is not UTF-8.",
+                                      param=clip(self._name), code="invalid_utf8"))
 
 
 async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> UploadedForm:
@@ -141,7 +141,7 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
                                      headers={"retry-after": "30"}) from None
         raise
     except Exception as exc:  # the parser's own errors mean a malformed body: the client's mistake
-        form._fail(InvalidRequest(f"Malformed multipart body: {exc}", code="invalid_multipart"))
+        form._fail(InvalidRequest(f"Malformed multipart body: {clip(str(exc))}", code="invalid_multipart"))
     if form.error is None and not form.complete:
         # A body cut short (no closing boundary) would otherwise commit a truncated file.
         form._fail(InvalidRequest("The multipart body is incomplete: no closing boundary.",

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from runner.engine.content_parts import MEDIA_PARTS, no_vision
-from runner.errors import LineError
+from runner.errors import LineError, clip
 from runner.model_specs import ModelSpec
 
 CHAT = "/v1/chat/completions"
@@ -174,7 +174,7 @@ def _int(body: dict[str, Any], key: str, lo: int | None = None, hi: int | None =
     if v is None:
         return None
     if not _is_int(v):
-        raise _bad(f"'{key}' must be an integer, got {_show(v)}.", key)
+        raise _bad(f"'{key}' must be an integer, got {clip(v, quote=True)}.", key)
     if lo is not None and v < lo:
         raise _bad(f"'{key}' must be >= {lo}, got {v}.", key)
     if hi is not None and v > hi:
@@ -187,7 +187,7 @@ def _float(body: dict[str, Any], key: str, lo: float, hi: float, *, lo_open: boo
     if v is None:
         return None
     if not _is_num(v):
-        raise _bad(f"'{key}' must be a number, got {_show(v)}.", key)
+        raise _bad(f"'{key}' must be a number, got {clip(v, quote=True)}.", key)
     if v < lo or (lo_open and v == lo) or v > hi:
         left = "(" if lo_open else "["
         raise _bad(f"'{key}' must be in {left}{lo}, {hi}], got {v}.", key)
@@ -199,13 +199,8 @@ def _bool(body: dict[str, Any], key: str) -> bool | None:
     if v is None:
         return None
     if not isinstance(v, bool):
-        raise _bad(f"'{key}' must be a boolean, got {_show(v)}.", key)
+        raise _bad(f"'{key}' must be a boolean, got {clip(v, quote=True)}.", key)
     return v
-
-
-def _show(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _token_ids(v: Any) -> bool:
@@ -222,7 +217,7 @@ def _check_fields(body: Any, allowed: set[str]) -> None:
         return
     unknown = sorted(body.keys() - allowed)
     if unknown:
-        raise _bad(f"Unrecognized request argument supplied: {unknown[0][:64]}", unknown[0][:64],
+        raise _bad(f"Unrecognized request argument supplied: {clip(unknown[0])}", clip(unknown[0]),
                    "unknown_parameter")
 
 
@@ -328,9 +323,9 @@ def _parse_sampling(body: dict[str, Any], spec: ModelSpec, *, chat: bool) -> Sam
             try:
                 tid = int(k)
             except (TypeError, ValueError):
-                raise _bad(f"'logit_bias' key {_show(k)} is not a token id.", "logit_bias") from None
+                raise _bad(f"'logit_bias' key {clip(k, quote=True)} is not a token id.", "logit_bias") from None
             if not _is_num(v) or not -100 <= v <= 100:
-                raise _bad(f"'logit_bias' values must be in [-100, 100], got {_show(v)}.", "logit_bias")
+                raise _bad(f"'logit_bias' values must be in [-100, 100], got {clip(v, quote=True)}.", "logit_bias")
             bias[tid] = float(v)
         bias = bias or None
 
@@ -384,7 +379,7 @@ def _message(i: int, m: Any, spec_id: str) -> dict[str, str]:
         raise _bad(f"'{where}' must be an object with 'role' and 'content'.", where)
     role = m.get("role")
     if role not in ROLES:
-        raise _bad(f"'{where}.role' must be one of {', '.join(ROLES)}, got {_show(role)}.", f"{where}.role")
+        raise _bad(f"'{where}.role' must be one of {', '.join(ROLES)}, got {clip(role, quote=True)}.", f"{where}.role")
     if m.get("tool_calls") or m.get("function_call"):
         raise _bad(f"'{where}': tool calls in messages are not supported.", f"{where}.tool_calls",
                    "unsupported_parameter")
@@ -400,7 +395,7 @@ def _message(i: int, m: Any, spec_id: str) -> dict[str, str]:
             if part["type"] in MEDIA_PARTS:  # the text-only backends: the model has no vision
                 raise no_vision(spec_id, f"{pw}.type", part["type"])
             if part["type"] != "text":
-                raise _bad(f"'{pw}': content type {_show(part['type'])} is not supported (text only).",
+                raise _bad(f"'{pw}': content type {clip(part['type'], quote=True)} is not supported (text only).",
                            f"{pw}.type", "unsupported_parameter")
             if not isinstance(part.get("text"), str):
                 raise _bad(f"'{pw}.text' must be a string.", f"{pw}.text")
@@ -435,7 +430,7 @@ def _tool_choice(value: Any, tools: list[Any] | None) -> tuple[str | None, str |
             names = {t["function"].get("name") for t in tools
                      if isinstance(t, dict) and isinstance(t.get("function"), dict)}
             if name not in names:
-                raise _bad(f"'tool_choice' names function {_show(name)}, which is not among 'tools'.",
+                raise _bad(f"'tool_choice' names function {clip(name, quote=True)}, which is not among 'tools'.",
                            "tool_choice")
             return "function", name
     raise _bad("'tool_choice' must be 'none', 'auto', 'required' or "
@@ -525,7 +520,7 @@ def parse_embedding(body: Any, spec: ModelSpec) -> EmbeddingInput:
     if fmt is None:
         fmt = "float"
     if fmt not in ("float", "base64"):
-        raise _bad(f"'encoding_format' must be 'float' or 'base64', got {_show(fmt)}.", "encoding_format")
+        raise _bad(f"'encoding_format' must be 'float' or 'base64', got {clip(fmt, quote=True)}.", "encoding_format")
     dimensions = _int(body, "dimensions", 1, 1_000_000)
     truncate = _int(body, "truncate_prompt_tokens", -1)
     if body.get("normalize") is False or body.get("use_activation") is False:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import LineError
+from runner.errors import LineError, clip
 
 # OpenAI's chat part types, plus vLLM's extra media kinds; "text" (and "refusal", which an
 # assistant turn may carry) are the text parts
@@ -37,8 +37,8 @@ def first_media_part(messages: Any) -> tuple[str, str] | None:
 
 def no_vision(model: str, param: str, kind: str) -> LineError:
     what = "audio" if "audio" in kind else "video" if "video" in kind else "file" if "file" in kind else "vision"
-    message = (f"model {model[:200]!r} has no {what} input: it takes text parts only, and "
-               f"'{param}' is a {kind!r} part. Send it to a multimodal model (on the vLLM backend).")
+    message = (f"model {clip(model, quote=True)} has no {what} input: it takes text parts only, and "
+               f"'{param}' is a {clip(kind, quote=True)} part. Send it to a multimodal model (on the vLLM backend).")
     return LineError(message, status=400, param=param, code="model_not_multimodal")
 
 

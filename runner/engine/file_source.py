@@ -32,7 +32,7 @@ import orjson
 
 from runner.engine.ledger import Ledger, LineSet, Totals
 from runner.engine.sources import BatchInfo, FeedPlan, flock
-from runner.errors import ConfigError, LineError, endpoint_mismatch
+from runner.errors import ConfigError, LineError, clip, endpoint_mismatch
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
 
@@ -40,13 +40,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_ID = "run"
 CHECKPOINT_VERSION = 1
-MAX_ECHO = 100  # characters of a client's value echoed in an error message
 MAX_DISTINCT = 4096  # (model, url) pairs the pre-pass keeps; past it, a second pass routes the lines
-
-
-def echo(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "...'"
 
 
 def checkpoint_path(output: Path) -> Path:
@@ -101,7 +95,7 @@ class Router:
     def __init__(self, registry: ModelRegistry, hint: str = "") -> None:
         self.registry = registry
         self.hint = hint  # added to the unknown-model message (e.g. how to name the model)
-        self.served = ", ".join(echo(m) for m in registry.ids)
+        self.served = ", ".join(clip(m, quote=True) for m in registry.ids)
         self.only = registry.specs[0] if len(registry.specs) == 1 else None
 
     def __call__(self, obj: dict[str, Any]) -> str | LineError:
@@ -115,10 +109,11 @@ class Router:
     def model_for(self, model: Any, url: Any) -> str | LineError:
         spec = self.only if model is None else self.registry.get(model) if isinstance(model, str) else None
         if spec is None:
-            return LineError(f"The model {echo(model)} does not exist; this run serves {self.served}{self.hint}.",
+            return LineError(f"The model {clip(model, quote=True)} does not exist; this run serves "
+                             f"{self.served}{self.hint}.",
                              status=404, param="model", code="model_not_found")
         if not isinstance(url, str) or url not in SUPPORTED_ENDPOINTS:
-            return LineError(f"The url {echo(url)} is not a batch endpoint (one of "
+            return LineError(f"The url {clip(url, quote=True)} is not a batch endpoint (one of "
                              f"{', '.join(SUPPORTED_ENDPOINTS)}).", param="url", code="invalid_url")
         if not spec.serves(url):
             return endpoint_mismatch(spec.id, url, spec.endpoints)

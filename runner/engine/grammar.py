@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.errors import LineError
+from runner.errors import LineError, clip
 
 # Bounds on llguidance's work per line: its defaults, stated here so they are ours to change.
 # verbose_errors=False: an error names the problem, not the parser's state or the whole grammar.
@@ -39,8 +39,7 @@ _SCHEMA = "response_format.json_schema.schema"
 
 def _quote(text: str) -> str:
     """A library message made safe to return: one line, bounded (it may quote the schema)."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= _MAX_ERROR else flat[: _MAX_ERROR - 1] + "…"
+    return clip(" ".join(str(text).split()), _MAX_ERROR)
 
 
 def schema_of(response_format: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def schema_of(response_format: dict[str, Any]) -> dict[str, Any]:
     if kind == "json_object":
         return {"type": "object"}
     if kind != "json_schema":
-        raise LineError(f"response_format type {_quote(repr(kind))} is not supported by the transformers "
+        raise LineError(f"response_format type {clip(kind, quote=True)} is not supported by the transformers "
                         "backend (json_schema and json_object are).", status=400, code="unsupported_parameter",
                         param="response_format.type")
     spec = response_format.get("json_schema")

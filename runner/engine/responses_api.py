@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.engine.backend import Backend, LineRequest, LineResult
-from runner.engine.bodies import CHAT, MAX_LOGPROBS, MAX_TOKENS_LIMIT, _bad, _show
+from runner.engine.bodies import CHAT, MAX_LOGPROBS, MAX_TOKENS_LIMIT, _bad
 from runner.engine.responses import response_object_body
-from runner.errors import LineError, endpoint_mismatch
+from runner.errors import LineError, clip, endpoint_mismatch
 
 RESPONSES = "/v1/responses"
 
@@ -99,7 +99,7 @@ def _check_fields(body: Any) -> None:
         raise _bad("The request body must be a JSON object.", None, "invalid_body")
     unknown = sorted(body.keys() - FIELDS)
     if unknown:
-        raise _bad(f"Unrecognized request argument supplied: {unknown[0][:64]}", unknown[0][:64],
+        raise _bad(f"Unrecognized request argument supplied: {clip(unknown[0])}", clip(unknown[0]),
                    "unknown_parameter")
     for key, value, why in _REFUSED:
         got = body.get(key)
@@ -141,7 +141,7 @@ def _text_parts(content: list[Any], where: str, role: str) -> list[dict[str, Any
                 image["detail"] = part["detail"]
             parts.append({"type": "image_url", "image_url": image})
         else:
-            raise _bad(f"'{pw}': content type {_show(kind)} is not supported (input_text, output_text and "
+            raise _bad(f"'{pw}': content type {clip(kind, quote=True)} is not supported (input_text, output_text and "
                        "input_image are).", f"{pw}.type", "unsupported_parameter")
     return parts
 
@@ -150,7 +150,8 @@ def _message_item(i: int, item: dict[str, Any]) -> dict[str, Any]:
     where = f"input[{i}]"
     role = item.get("role")
     if role not in _ITEM_ROLES:
-        raise _bad(f"'{where}.role' must be one of {', '.join(_ITEM_ROLES)}, got {_show(role)}.", f"{where}.role")
+        raise _bad(f"'{where}.role' must be one of {', '.join(_ITEM_ROLES)}, got {clip(role, quote=True)}.",
+                   f"{where}.role")
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
@@ -220,7 +221,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
             raise _bad(f"'{where}': item_reference is not supported in a batch (there are no stored items); "
                        "send the item itself.", f"{where}.type", "unsupported_parameter")
         else:
-            raise _bad(f"'{where}': input item type {_show(kind)} is not supported (message, function_call "
+            raise _bad(f"'{where}': input item type {clip(kind, quote=True)} is not supported (message, function_call "
                        "and function_call_output are).", f"{where}.type", "unsupported_parameter")
     return messages, sources
 
@@ -237,7 +238,7 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]] | None:
         if not isinstance(tool, dict):
             raise _bad(f"'{where}' must be an object.", where)
         if tool.get("type") != "function":
-            raise _bad(f"'{where}': tool type {_show(tool.get('type'))} is not supported in a batch; only "
+            raise _bad(f"'{where}': tool type {clip(tool.get('type'), quote=True)} is not supported in a batch; only "
                        "function tools are (runner runs no built-in tools).", f"{where}.type",
                        "unsupported_parameter")
         name = tool.get("name")
@@ -298,7 +299,8 @@ def _include(body: dict[str, Any]) -> bool:
         raise _bad("'include' must be a list of strings.", "include")
     for j, x in enumerate(include):
         if x not in INCLUDE:
-            raise _bad(f"'include[{j}]': {_show(x)} is not one of {', '.join(sorted(INCLUDE))}.", f"include[{j}]")
+            raise _bad(f"'include[{j}]': {clip(x, quote=True)} is not one of {', '.join(sorted(INCLUDE))}.",
+                       f"include[{j}]")
     return "message.output_text.logprobs" in include
 
 
@@ -311,11 +313,11 @@ def _reasoning(body: dict[str, Any]) -> str | None:
         raise _bad("'reasoning' must be an object.", "reasoning")
     unknown = sorted(set(reasoning) - _REASONING_KEYS)
     if unknown:
-        raise _bad(f"Unrecognized request argument supplied: reasoning.{unknown[0][:64]}",
-                   f"reasoning.{unknown[0][:64]}", "unknown_parameter")
+        raise _bad(f"Unrecognized request argument supplied: reasoning.{clip(unknown[0])}",
+                   f"reasoning.{clip(unknown[0])}", "unknown_parameter")
     effort = reasoning.get("effort")
     if effort is not None and effort not in REASONING_EFFORTS:
-        raise _bad(f"'reasoning.effort' must be one of {', '.join(REASONING_EFFORTS)}, got {_show(effort)}.",
+        raise _bad(f"'reasoning.effort' must be one of {', '.join(REASONING_EFFORTS)}, got {clip(effort, quote=True)}.",
                    "reasoning.effort")
     return effort if isinstance(effort, str) else None
 
@@ -331,7 +333,7 @@ def to_chat(body: Any, default_model: str) -> tuple[dict[str, Any], ResponsesCal
     mot = body.get("max_output_tokens")
     if mot is not None:
         if not isinstance(mot, int) or isinstance(mot, bool):
-            raise _bad(f"'max_output_tokens' must be an integer, got {_show(mot)}.", "max_output_tokens")
+            raise _bad(f"'max_output_tokens' must be an integer, got {clip(mot, quote=True)}.", "max_output_tokens")
         if not 1 <= mot <= MAX_TOKENS_LIMIT:
             raise _bad(f"'max_output_tokens' must be in [1, {MAX_TOKENS_LIMIT}], got {mot}.", "max_output_tokens")
         chat["max_completion_tokens"] = mot

@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from runner.errors import clip
+
 # Keywords that constrain an instance but are not built here: a schema using one is refused.
 REFUSED = frozenset({
     "pattern", "patternProperties", "not", "if", "then", "else", "dependentRequired", "dependentSchemas",
@@ -64,15 +66,11 @@ class SchemaError(Exception):
     """The schema cannot be honoured: `keyword` at `path` (a JSON pointer into the schema)."""
 
     def __init__(self, keyword: str, path: str, reason: str, *, unsupported: bool = True) -> None:
-        self.keyword = _clip(keyword, 40)
-        self.path = _clip(path or "/", 120)
+        self.keyword = clip(keyword, 40)
+        self.path = clip(path or "/", 120)
         self.reason = reason
         self.unsupported = unsupported  # False: the schema is wrong (nothing satisfies it), not merely unbuilt
         super().__init__(f"{self.reason} (keyword '{self.keyword}' at '{self.path}')")
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _bad(keyword: str, path: str, reason: str) -> SchemaError:
@@ -94,7 +92,7 @@ def check(schema: Any, path: str = "") -> None:
             raise SchemaError(key, path, f"the simulated backend cannot honour JSON Schema keyword '{key}'")
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in _KNOWN_FORMATS and fmt not in FORMATS:
-        raise SchemaError("format", path, f"the simulated backend cannot build format '{_clip(fmt, 30)}'")
+        raise SchemaError("format", path, f"the simulated backend cannot build format '{clip(fmt, 30)}'")
     items = schema.get("items")
     if isinstance(items, list):
         raise SchemaError("items", path, "items as a list (draft-4 tuples) is not supported; use prefixItems")
@@ -257,7 +255,7 @@ class _Builder:
         for name in names:
             sub = props.get(name, extra)
             if sub is False:
-                raise _bad("additionalProperties", path, f"required property '{_clip(name, 40)}' is not "
+                raise _bad("additionalProperties", path, f"required property '{clip(name, 40)}' is not "
                            "allowed by additionalProperties: false")
             out[name] = self.build(sub, f"{path}/properties/{_escape(name)}", depth + 1)
         i = 0
@@ -413,7 +411,7 @@ def resolve(root: Any, ref: Any, path: str) -> Any:
             elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
             else:
-                raise _bad("$ref", path, f"reference '{_clip(ref, 60)}' points at nothing")
+                raise _bad("$ref", path, f"reference '{clip(ref, 60)}' points at nothing")
     return node
 
 
@@ -431,7 +429,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any], path: str, keyword: str) -> dic
                 props[name] = {"allOf": [props[name], sub]} if name in props and props[name] != sub else sub
             out[k] = props
         else:
-            raise SchemaError(keyword, path, f"the parts of '{keyword}' set '{_clip(k, 30)}' differently "
+            raise SchemaError(keyword, path, f"the parts of '{keyword}' set '{clip(k, 30)}' differently "
                                              "and are not merged")
     return out
 

@@ -61,7 +61,7 @@ from runner.engine.responses import (
     embedding_body,
     usage_of,
 )
-from runner.errors import ConfigError, LineError, endpoint_mismatch
+from runner.errors import ConfigError, LineError, clip, endpoint_mismatch
 from runner.model_specs import ModelSpec
 from runner.settings import Settings
 
@@ -420,7 +420,7 @@ class SimulatedBackend(Backend):
         if kind == "json_object":
             return None
         if kind != "json_schema":
-            raise _unsupported(f"response_format type {str(kind)[:30]!r} is not supported by the simulated "
+            raise _unsupported(f"response_format type {clip(kind, quote=True)} is not supported by the simulated "
                                "backend (json_object and json_schema are).", "response_format")
         hit = self._schemas.get(id(rf))
         if hit is None or hit[0] is not rf:

@@ -48,7 +48,7 @@ from runner.engine.vllm_convert import (
     random_id,
 )
 from runner.engine.vllm_platform import cpu_defaults, vllm_device
-from runner.errors import ConfigError, EngineDead, LineError, endpoint_mismatch
+from runner.errors import MESSAGE_LIMIT, ConfigError, EngineDead, LineError, clip, endpoint_mismatch
 from runner.model_specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -505,7 +505,8 @@ class VllmBackend(Backend):
         request = self._api.embedding_adapter.validate_python(body)
         fmt = getattr(request, "encoding_format", "float")
         if fmt not in ("float", "base64"):
-            raise LineError(f"encoding_format {fmt!r} cannot go into a JSON batch row", param="encoding_format")
+            raise LineError(f"encoding_format {clip(fmt, quote=True)} cannot go into a JSON batch row",
+                            param="encoding_format")
         tok_params = request.build_tok_params(self._model_config)
         if hasattr(request, "messages"):
             messages = request.messages
@@ -559,12 +560,12 @@ def _prompt_extras(request: Any) -> dict[str, Any]:
 
 
 def _message(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 2000 else text[:2000] + "…"
+    return _message_text(str(exc).strip() or type(exc).__name__)
 
 
 def _message_text(text: str) -> str:
-    return text if len(text) <= 2000 else text[:2000] + "…"
+    # vLLM's messages may quote the request (a template error, a pydantic input): bounded
+    return clip(text, MESSAGE_LIMIT)
 
 
 def _validation_message(errors: list[dict[str, Any]], limit: int = 3) -> str:
