@@ -94,10 +94,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._closing:
             return
         if self._in_head:
-            self._started = True
-            self._head_bytes += len(data)
-            if self._head_timer is None:
+            if not self._started:  # the head's deadline runs from its first byte
+                self._started = True
                 self._arm_head_timer()
+            self._head_bytes += len(data)
         super().data_received(data)
         if self._in_head and self._head_bytes > self.max_header_bytes and not self._closing:
             logger.warning("request head over %d bytes refused (431)", self.max_header_bytes)

@@ -251,13 +251,18 @@ def test_slow_headers_and_silent_connections_are_dropped(live_server: Callable[.
     server = live_server(env={"RUNNER_HEADER_TIMEOUT": "1"})
     port = _port(server)
     with socket.create_connection(("127.0.0.1", port)) as silent, \
-            socket.create_connection(("127.0.0.1", port)) as trickle:
+            socket.create_connection(("127.0.0.1", port)) as trickle, \
+            socket.create_connection(("127.0.0.1", port)) as late:
         t0 = time.monotonic()
         trickle.sendall(b"GET /health HTTP/1.1\r\n")
-        for _ in range(3):  # a header line now and then keeps no timer alive
+        for i in range(3):  # a header line now and then keeps no timer alive
             time.sleep(0.4)
             with contextlib.suppress(OSError):
                 trickle.sendall(b"X-Slow: 1\r\n")
+            if i == 1:
+                late.sendall(b"G")  # at 0.8 s: its head's deadline runs from here, not from the connect
+        late.sendall(b"ET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # at 1.2 s
+        assert _read_response(late, 10)[0] == 200
         status, _, body = _read_response(trickle, 10)
         assert status == 408 and _error(body)["code"] == "request_timeout", (status, body[:200])
         silent.settimeout(10)
