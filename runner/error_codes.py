@@ -21,6 +21,7 @@ CODES: dict[str, str] = {
     "invalid_status_transition": "a batch status change the state machine forbids",
     "batch_not_cancellable": "cancel of a batch that already ended",
     "file_in_use": "delete of a file a running batch still reads",
+    "range_not_satisfiable": "a download's Range starts at or past the end of the file (416)",
     "file_too_large": "an upload over RUNNER_MAX_FILE_BYTES",
     "body_too_large": "a JSON request body over the limit",
     "rate_limit_exceeded": "too many requests from this key",

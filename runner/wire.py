@@ -13,6 +13,10 @@ import orjson
 
 from runner.model_specs import ModelSpec
 
+# status "error": the server found the file's bytes on disk not what it recorded (store/files.py).
+DAMAGED_DETAILS = ("The file's bytes on the server's disk are not the bytes recorded (cut short, changed or "
+                   "missing); downloads answer file_damaged. Upload it again, or run its batch again.")
+
 
 def file_object(row: sqlite3.Row) -> dict[str, Any]:
     return {
@@ -24,7 +28,7 @@ def file_object(row: sqlite3.Row) -> dict[str, Any]:
         "filename": row["filename"],
         "purpose": row["purpose"],
         "status": row["status"],
-        "status_details": None,
+        "status_details": DAMAGED_DETAILS if row["status"] == "error" else None,
     }
 
 

@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from runner.api.auth import owner
 from runner.api.params import choice_param, expires_after, int_param, str_param
+from runner.api.ranges import byte_range
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
 from runner.api.uploads import receive_upload
@@ -116,13 +117,25 @@ async def retrieve_file(request: Request) -> Response:
 
 
 async def file_content(request: Request) -> Response:
+    """GET (and HEAD: headers only, the file is not opened) of a file's bytes, whole or one range.
+    A file whose size on disk no longer matches its row answers file_damaged (check_servable)."""
     svc = _services(request)
     row = await run_in_threadpool(svc.files.get, owner(request), _file_id(request))
-    return StreamingResponse(
-        iterate_in_threadpool(svc.files.iter_content(row)),
-        media_type="application/jsonl" if row["filename"].endswith(".jsonl") else "application/octet-stream",
-        headers={"content-length": str(row["bytes"])},
-    )
+    await run_in_threadpool(svc.files.check_servable, row)
+    size = int(row["bytes"])
+    etag = f'"{row["id"]}-{size}"'  # a running batch's output grows: its ETag changes with it
+    headers = {"accept-ranges": "bytes", "etag": etag}
+    span = byte_range(request.headers.get("range"), size, if_range=request.headers.get("if-range"), etag=etag)
+    status, start, length = 200, 0, size
+    if span is not None:
+        status, start, length = 206, span[0], span[1] - span[0] + 1
+        headers["content-range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    headers["content-length"] = str(length)
+    media_type = "application/jsonl" if row["filename"].endswith(".jsonl") else "application/octet-stream"
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(iterate_in_threadpool(svc.files.iter_content(row, start, length)), status_code=status,
+                             headers=headers, media_type=media_type)
 
 
 async def delete_file(request: Request) -> Response:

@@ -164,7 +164,9 @@ _ERROR_TEXT = {
     405: "Method not allowed for this URL.",
     409: "The object's state does not allow this now.",
     413: "The upload or body is larger than the server's limit.",
+    416: "The Range starts at or past the end of the file (Content-Range: bytes */size).",
     429: "This key exceeded its request rate; see Retry-After.",
+    500: "The server failed (file_damaged: the stored file is not the bytes recorded).",
     503: "The server cannot do this now (e.g. disk full); retry later.",
 }
 _COMMON = (401, 403, 405, 429)
@@ -179,6 +181,20 @@ def _op(op_id: str, summary: str, ok: dict[str, Any], errors: tuple[int, ...], *
     for status in sorted(set(errors) | set(_COMMON)):
         responses[str(status)] = _json_response(_ERROR_TEXT[status], _ref("Error"))
     return {"operationId": op_id, "summary": summary, "responses": responses, **extra}
+
+
+def _content_op() -> dict[str, Any]:
+    """File content: 200 whole, 206 for one `Range: bytes=...` (HEAD answers the same headers)."""
+    body = {"application/jsonl": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    op = _op("retrieveFileContent", "The file's bytes (streamed), whole or one byte range.", {
+        "description": "The bytes; for a running batch's output, up to the last checkpoint.",
+        "headers": _REQUEST_ID, "content": body}, (404, 416, 500))
+    op["parameters"] = [{"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                         "description": "One range: bytes=a-b, bytes=a- or bytes=-n (several: the whole file)."}]
+    op["responses"]["206"] = {"description": "The range asked for; Content-Range says where it lies.",
+                              "headers": _REQUEST_ID, "content": body}
+    return op
 
 
 def _links(**links: tuple[str, dict[str, Any]]) -> dict[str, Any]:
@@ -256,12 +272,7 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
         },
         "/v1/files/{file_id}/content": {
             "parameters": [FILE_ID_PARAM],
-            "get": _op("retrieveFileContent", "The file's bytes (streamed).", {
-                "description": "The bytes; for a running batch's output, up to the last checkpoint.",
-                "headers": _REQUEST_ID,
-                "content": {"application/jsonl": {"schema": {"type": "string"}},
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            }, (404,)),
+            "get": _content_op(),
         },
         "/v1/batches": {
             "post": _op(

@@ -29,7 +29,7 @@ class Services:
         self.files = FileStore(self.db, settings.files_dir)
         self.batches = BatchStore(self.db, self.files)
         self.model_states = ModelStates(self.db)
-        self.files.clean_temp()
+        self.files.startup_check()  # temp and orphan files removed, damaged files marked (#14)
         self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
         self._retries: dict[str, threading.Timer] = {}
         self._retry_lock = threading.Lock()

@@ -1,7 +1,16 @@
-"""FileStore: file rows in SQLite and their bytes under data/files, written atomically."""
+"""FileStore: file rows in SQLite and their bytes under data/files, written atomically.
+
+The row's `bytes` is the truth a download is served by (for a running batch's output: its last
+checkpoint). A file whose size on disk can no longer hold those bytes (cut short, missing; an
+upload grown or shrunk) is damaged (#14): the row is marked `status = 'error'` and a download
+answers `file_damaged` instead of a Content-Length the body cannot reach. The API checks every
+file at startup (startup_check, which also removes orphan files no row names) and again with one
+stat() before each download (check_servable).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -9,9 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from runner.errors import Conflict, InvalidRequest, NotFound
+from runner.errors import ApiError, Conflict, InvalidRequest, NotFound
 from runner.store.db import Database
 from runner.store.transitions import RUNNING
+
+logger = logging.getLogger(__name__)
+
+MAX_DAMAGE_LINES = 20  # damaged files logged one by one at startup; the rest are counted
 
 
 def fsync_dir(path: Path) -> None:
@@ -48,6 +61,94 @@ class FileStore:
             p.unlink(missing_ok=True)
             n += 1
         return n
+
+    # -- startup: orphans and damage ---------------------------------------------------------------
+    def startup_check(self) -> None:
+        """Before the API serves (and before it starts the engine): remove temp and orphan files,
+        then compare each file's size on disk with its row. Only the API calls this: an upload is
+        renamed into place before its row commits, so a sweep while requests run would take it."""
+        t0 = time.monotonic()
+        temps = self.clean_temp()
+        orphans = self.sweep_orphans()
+        checked, damaged = self.check_sizes()
+        if temps:
+            logger.warning("temp files removed count=%d (uploads cut by a crash; never acknowledged)", temps)
+        if orphans:
+            logger.warning("orphan files removed count=%d (files no row names: an upload or delete cut by a "
+                           "crash)", orphans)
+        if damaged:
+            logger.warning("damaged files count=%d: marked status=error, downloads answer file_damaged", damaged)
+        logger.info("startup file check files=%d damaged=%d orphans=%d temps=%d seconds=%.3f", checked, damaged,
+                    orphans, temps, time.monotonic() - t0)
+
+    def sweep_orphans(self) -> int:
+        """Remove the files named like file ids that no live row names. The directory is listed
+        before the rows are read, so a row committed meanwhile keeps its file."""
+        names = [e.name for e in os.scandir(self.dir)
+                 if e.name.startswith("file-") and e.is_file(follow_symlinks=False)]
+        if not names:
+            return 0
+        live = {r[0] for r in self.db.query("SELECT id FROM files WHERE deleted_at IS NULL")}
+        n = 0
+        for name in names:
+            if name not in live:
+                (self.dir / name).unlink(missing_ok=True)
+                n += 1
+        return n
+
+    def check_sizes(self) -> tuple[int, int]:
+        """Mark each file damaged or sound by its size on disk; (files checked, damaged). The files
+        of a running batch are the engine's: its recovery cuts a short output back to whole rows
+        and runs the lost lines again (ledger.py), so they are not judged here."""
+        rows = self.db.query(
+            "SELECT f.id, f.bytes, f.batch_id, f.status, b.status AS batch_status FROM files f"
+            " LEFT JOIN batches b ON b.id = f.batch_id WHERE f.deleted_at IS NULL"
+        )
+        checked = damaged = 0
+        for row in rows:
+            if row["batch_status"] in RUNNING:
+                continue
+            checked += 1
+            why = self.damage(row)
+            self._mark(row, why)
+            if why is not None:
+                damaged += 1
+                if damaged <= MAX_DAMAGE_LINES:
+                    logger.warning("file damaged id=%s: %s", row["id"], why)
+        return checked, damaged
+
+    def damage(self, row: sqlite3.Row) -> str | None:
+        """Why the file on disk cannot hold the bytes its row records; None when it can. A batch's
+        output may be longer than recorded (rows written after the last checkpoint: only the
+        recorded prefix is served); an upload never changes size."""
+        recorded = int(row["bytes"])
+        try:
+            size = self.path_of(row["id"]).stat().st_size
+        except FileNotFoundError:
+            return f"the file is missing from the server's storage ({recorded} bytes recorded)"
+        if size < recorded:
+            return f"the file is {size} bytes on disk, {recorded} bytes recorded: it was cut short"
+        if size > recorded and row["batch_id"] is None:
+            return f"the file is {size} bytes on disk, {recorded} bytes recorded: it was changed"
+        return None
+
+    def _mark(self, row: sqlite3.Row, why: str | None) -> None:
+        """status 'error' while damaged; back to 'processed' once sound again (e.g. restored)."""
+        status = "processed" if why is None else "error"
+        if row["status"] != status:
+            with self.db.transaction() as conn:
+                conn.execute("UPDATE files SET status = ? WHERE id = ?", (status, row["id"]))
+
+    def check_servable(self, row: sqlite3.Row) -> None:
+        """One stat() before a download: a damaged file is marked and answered `file_damaged`
+        (500: the server's storage failed, not the client), never served with a Content-Length its
+        body cannot reach."""
+        why = self.damage(row)
+        self._mark(row, why)
+        if why is not None:
+            logger.error("file damaged id=%s: %s", row["id"], why)
+            raise ApiError(f"The file {row['id']} is damaged on the server: {why}. Upload it again, or run its "
+                           "batch again.", param="file_id", code="file_damaged")
 
     # -- writes ------------------------------------------------------------------------------------
     def commit_upload(
@@ -112,15 +213,23 @@ class FileStore:
         )
         return rows[:limit], len(rows) > limit
 
-    def iter_content(self, row: sqlite3.Row, chunk: int = 256 * 1024) -> Iterator[bytes]:
-        """The file's bytes up to its recorded size: for a running batch's output that is the last
-        checkpoint, so a reader never sees a torn line."""
-        remaining = int(row["bytes"])
+    def iter_content(self, row: sqlite3.Row, start: int = 0, length: int | None = None,
+                     chunk: int = 256 * 1024) -> Iterator[bytes]:
+        """`length` bytes from `start` (default: up to the recorded size: for a running batch's
+        output that is the last checkpoint, so a reader never sees a torn line). A file cut short
+        while it is read ends early: the row is marked damaged and the server closes the connection
+        (the headers, Content-Length included, are gone already)."""
+        remaining = int(row["bytes"]) - start if length is None else length
         with open(self.path_of(row["id"]), "rb") as f:
+            if start:
+                f.seek(start)
             while remaining > 0:
                 data = f.read(min(chunk, remaining))
                 if not data:
-                    break
+                    logger.error("file damaged id=%s: it ended %d bytes early while being downloaded",
+                                 row["id"], remaining)
+                    self._mark(row, "cut short while downloaded")
+                    return
                 remaining -= len(data)
                 yield data
 
