@@ -66,6 +66,10 @@ def test_truncated_output_of_a_completed_batch_is_reported_not_served(
         other = upload(c, b"{}\n", purpose="user_data").json()["id"]
         (_files_dir(server) / other).unlink()
         _assert_damaged(c, other)
+        # Restored (an operator puts the bytes back): served again, and `processed` again.
+        (_files_dir(server) / other).write_bytes(b"{}\n")
+        assert c.get(f"/v1/files/{other}/content").content == b"{}\n"
+        assert c.get(f"/v1/files/{other}").json()["status"] == "processed"
         # Healthy files are still served (and a whole file is `processed`).
         ok = upload(c, b"hello\n", purpose="user_data").json()["id"]
         assert c.get(f"/v1/files/{ok}/content").content == b"hello\n"
