@@ -110,3 +110,34 @@ def test_startup_marks_damaged_files_and_sweeps_orphans(live_server: Callable[..
         assert c.get(f"/v1/files/{keep}/content").content == b"keep me\n"
         assert c.get(f"/v1/files/{batch['error_file_id']}").json()["status"] == "processed"
         assert c.get(f"/v1/files/{batch['input_file_id']}").json()["status"] == "processed"
+
+
+def test_a_file_cut_while_it_is_downloaded_ends_the_body_and_is_marked(
+        live_server: Callable[..., LiveServer]) -> None:
+    """The headers (Content-Length) are out before the cut: the body ends early, the connection
+    closes (the client sees an incomplete body, never a short one taken for whole), and the file is
+    marked damaged for the next reader."""
+    server = live_server()
+    content = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * 200) for i in range(80_000))  # ~17 MB
+    with server.client() as c:
+        fid = upload(c, content, purpose="user_data").json()["id"]
+        got = bytearray()
+        try:
+            with c.stream("GET", f"/v1/files/{fid}/content") as resp:
+                assert resp.headers["content-length"] == str(len(content))
+                chunks = resp.iter_raw()
+                got += next(chunks)
+                os.truncate(_files_dir(server) / fid, 2 * 1024 * 1024)
+                for chunk in chunks:
+                    got += chunk
+        except httpx.RemoteProtocolError:
+            pass
+        else:
+            raise AssertionError(f"a body of {len(got)} bytes was taken for the whole {len(content)}")
+        assert len(got) < len(content)
+        deadline = time.monotonic() + 5
+        while c.get(f"/v1/files/{fid}").json()["status"] != "error":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert assert_error_shape(c.get(f"/v1/files/{fid}/content"), 500)["code"] == "file_damaged"
+    assert f"file damaged id={fid}: it ended" in server.log.read_text()
