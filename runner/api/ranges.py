@@ -26,6 +26,7 @@ class RangeNotSatisfiable(ApiError):
 
 
 def _pos(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
     return int(digits) if len(digits) <= 18 else _HUGE
 
 
