@@ -141,3 +141,34 @@ def test_a_file_cut_while_it_is_downloaded_ends_the_body_and_is_marked(
             time.sleep(0.05)
         assert assert_error_shape(c.get(f"/v1/files/{fid}/content"), 500)["code"] == "file_damaged"
     assert f"file damaged id={fid}: it ended" in server.log.read_text()
+
+
+SLOW_YAML = """\
+models:
+  - id: sim-chat
+    backend: simulated
+    task: generate
+    max_tokens: 8
+    engine_args: {latency_per_line: 0.03, max_inflight: 2}
+"""
+
+
+def test_output_cut_while_its_batch_runs_is_not_served_as_whole(live_server: Callable[..., LiveServer]) -> None:
+    """The engine appends after the cut (its descriptor is O_APPEND), so the file ends up shorter
+    than the sizes the engine recorded: the completed batch's output answers file_damaged rather
+    than a body that holds a torn row. (Running the lost lines again needs an engine restart:
+    recovery, test_recovery_cut.py.)"""
+    server = live_server(engine=True, models_yaml=SLOW_YAML, env={"RUNNER_CHECKPOINT_INTERVAL": "0.1"})
+    with server.client() as c:
+        up = upload(c, jsonl([chat_line(f"r{i}") for i in range(60)]))
+        created = c.post("/v1/batches", json={"input_file_id": up.json()["id"], "endpoint": "/v1/chat/completions",
+                                              "completion_window": "24h"}).json()
+        out_id = wait_batch(c, created["id"], until=("in_progress",))["output_file_id"]
+        path = _files_dir(server) / out_id
+        deadline = time.monotonic() + 30
+        while path.stat().st_size < 3000:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.truncate(path, path.stat().st_size - 100)
+        done = wait_batch(c, created["id"], timeout=60, until=("completed", "failed", "expired", "cancelled"))
+        _assert_damaged(c, done["output_file_id"])
