@@ -13,7 +13,7 @@ Scenarios for bench_faults.py (each returns seconds, or raises when the server d
 
 Run alone, it measures how many batches run at once under a 1,024-descriptor limit:
 
-    python benchmarks/fault_w1.py --batches 2000
+    python benchmarks/fault_engine_files.py --batches 2000
 
 creates that many 2-line batches with the engine off, starts the server under the limit on a model
 that holds every line 2 s (so all batches are open and in flight together), and reports the batches
