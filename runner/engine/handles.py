@@ -67,6 +67,10 @@ class HandlePool:
     def fsync(self, path: Path) -> None:
         os.fsync(self.fd(path))
 
+    def size(self, path: Path) -> int:
+        """The file's size now, through its descriptor (the file it writes to, even if renamed)."""
+        return os.fstat(self.fd(path)).st_size
+
     def release(self, path: Path) -> None:
         with self._lock:
             fd = self._fds.pop(path, None)

@@ -180,6 +180,10 @@ class Ledger:
         self.input_bytes = input_bytes
         self.merged = error_path is None
         self.damage: InputDamaged | None = None
+        # Set by sync() when an output/error file is not the size this ledger wrote: something else
+        # cut or grew it while the batch ran. The rows after the cut are glued onto a torn one and
+        # lines are lost, so the batch must not end `completed` (writer.py fails it, file_damaged).
+        self.output_damage: str | None = None
         try:
             st = input_path.stat()
         except FileNotFoundError:
@@ -267,6 +271,11 @@ class Ledger:
         file usually has no new rows: skipping its fsync halves the cost of most checkpoints.)"""
         for i in (0,) if self.merged else (0, 1):
             self._write(i)
+            actual = self._handles.size(self._paths[i])
+            if actual != self.sizes[i] and self.output_damage is None:
+                self.output_damage = (f"{'output' if i == 0 else 'error'} file {self._paths[i].name} is {actual} "
+                                      f"bytes where the engine wrote {self.sizes[i]}")
+                logger.error("output damaged while the batch ran batch=%s: %s", self.batch_id, self.output_damage)
             if self.sizes[i] != self._synced[i]:
                 self._handles.fsync(self._paths[i])
                 self._synced[i] = self.sizes[i]

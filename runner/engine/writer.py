@@ -16,7 +16,10 @@ A damaged input file (gone, cut, grown or changed since validation: jsonl.InputD
 batch, never the engine (#14). The rows already written stay; the lines not written cannot be
 listed faithfully (their custom_ids are gone or no longer trusted), so none is invented: the batch
 ends as failed (cancelled / expired if that was asked first) with one `errors` entry, code
-file_not_found or file_damaged, that says how many lines have rows and how many never ran.
+file_not_found or file_damaged, that says how many lines have rows and how many never ran. An
+output or error file changed by anything but this writer while its batch runs (the ledger's sync
+finds it a size the ledger did not write) fails the batch the same way, code file_damaged: rows
+after the change are lost or glued onto a torn one, so `completed` would be a lie.
 """
 
 from __future__ import annotations
@@ -167,11 +170,17 @@ class Writer(threading.Thread):
         for ledger in self.state.open_ledgers():
             if ledger.dirty:
                 self.source.checkpoint(ledger)
+                if ledger.output_damage is not None:
+                    self._end(ledger, "failed")  # its lines still in flight are dropped as for any ended batch
 
     def _end(self, ledger: Ledger, reason: str | None, damage: InputDamaged | None = None) -> None:
         self.source.checkpoint(ledger)
         t = ledger.totals
         error = None if damage is None else damage_entry(damage, reason, t.completed + t.failed, ledger.total)
+        if ledger.output_damage is not None and error is None:
+            # A completed status would claim every row is there; cancelled/expired keep their reason.
+            reason = reason or "failed"
+            error = output_damage_entry(ledger.output_damage, reason, t.completed + t.failed, ledger.total)
         status = self.source.settle(ledger.batch_id, reason, error)
         ledger.close()
         self.state.unregister(ledger.batch_id)
@@ -208,6 +217,15 @@ class Writer(threading.Thread):
                         stats.lines / elapsed, tokens / elapsed, inflight)
             stats.lines = stats.output_tokens = 0
         self._generated_at_log = generated
+
+
+def output_damage_entry(detail: str, reason: str, written: int, total: int) -> dict[str, Any]:
+    """The Batch `errors` entry of a batch whose output or error file was changed while it ran."""
+    what = {"cancelled": "was cancelled", "expired": "expired"}.get(reason, "failed")
+    message = (f"The batch's {detail}: it was cut or changed while the batch ran, so rows after the change may be "
+               f"lost or joined to a torn row. The batch {what} with {written} of {total} lines written; download "
+               "what is readable and run the lines missing from both files again.")
+    return {"code": "file_damaged", "message": message, "param": "output_file_id", "line": None}
 
 
 def damage_entry(damage: InputDamaged, reason: str | None, written: int, total: int) -> dict[str, Any]:

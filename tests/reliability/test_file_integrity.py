@@ -156,8 +156,8 @@ models:
 def test_output_cut_while_its_batch_runs_is_not_served_as_whole(live_server: Callable[..., LiveServer]) -> None:
     """The engine appends after the cut (its descriptor is O_APPEND), so the file ends up shorter
     than the sizes the engine recorded: the completed batch's output answers file_damaged rather
-    than a body that holds a torn row. (Running the lost lines again needs an engine restart:
-    recovery, test_recovery_cut.py.)"""
+    than a body that holds a torn row, and the batch ends failed with file_damaged, never completed.
+    (Running the lost lines again needs an engine restart: recovery, test_recovery_cut.py.)"""
     server = live_server(engine=True, models_yaml=SLOW_YAML, env={"RUNNER_CHECKPOINT_INTERVAL": "0.1"})
     with server.client() as c:
         up = upload(c, jsonl([chat_line(f"r{i}") for i in range(60)]))
@@ -171,4 +171,9 @@ def test_output_cut_while_its_batch_runs_is_not_served_as_whole(live_server: Cal
             time.sleep(0.02)
         os.truncate(path, path.stat().st_size - 100)
         done = wait_batch(c, created["id"], timeout=60, until=("completed", "failed", "expired", "cancelled"))
+        # Failed, not completed: rows were lost (before: `completed` with 60 of 60 counted).
+        assert done["status"] == "failed", done
+        [entry] = done["errors"]["data"]
+        assert entry["code"] == "file_damaged" and entry["param"] == "output_file_id", entry
+        assert done["request_counts"]["completed"] < 60, done["request_counts"]
         _assert_damaged(c, done["output_file_id"])
