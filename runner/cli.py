@@ -1,4 +1,6 @@
-"""The `runner` command: serve | engine | run | check-config. ConfigError -> one line, exit 2."""
+"""The `runner` command: serve | engine | run | check-config | submit | status | cancel.
+
+ConfigError -> one line, exit 2."""
 
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     from runner.batch_cli import add_run_parser  # noqa: PLC0415 - keeps `run`'s flags beside its code
 
     add_run_parser(sub)
+
+    from runner.submit import add_client_parsers  # noqa: PLC0415 - submit/status/cancel: a client's flags
+
+    add_client_parsers(sub)
     return parser
 
 
@@ -61,6 +67,14 @@ def main(argv: list[str] | None = None) -> None:
             from runner.batch_cli import run_command  # noqa: PLC0415
 
             sys.exit(run_command(args))
+        if args.command in ("submit", "status", "cancel"):
+            from runner.submit import EXIT_INTERRUPTED, run_client_command  # noqa: PLC0415
+
+            try:
+                sys.exit(run_client_command(args))
+            except KeyboardInterrupt:  # outside --wait's own handling (an upload, a download)
+                print("runner: interrupted", file=sys.stderr)
+                sys.exit(EXIT_INTERRUPTED)
         settings = load_settings(overrides)
         if args.command == "serve":
             serve(settings)
