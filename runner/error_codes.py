@@ -49,6 +49,9 @@ CODES: dict[str, str] = {
     "invalid_file_purpose": "a batch created from a file whose purpose is not `batch`",
     "invalid_endpoint": "a batch's `endpoint` that is not a batch endpoint",
     "invalid_completion_window": "a completion_window other than those allowed",
+    "invalid_webhook_url": "a webhook endpoint's url that is not a bounded http(s) URL with a host",
+    "too_many_webhook_endpoints": "a webhook endpoint created past RUNNER_WEBHOOK_MAX_ENDPOINTS for the owner",
+    "webhook_unreachable": "a webhook test event that could not be delivered (no connection, timeout, not HTTP)",
     # -- batch validation (Batch.errors.data, each with its line) ------------------------------------
     "empty_file": "the input file has no lines",
     "too_many_requests": "more lines than RUNNER_MAX_BATCH_LINES (OpenAI's 50,000 by default)",

@@ -25,6 +25,14 @@ def new_batch_id() -> str:
     return "batch_" + _token()
 
 
+def new_event_id() -> str:
+    return "evt_" + _token()
+
+
+def new_webhook_endpoint_id() -> str:
+    return "we_" + _token()
+
+
 # Row and request ids are labels, not capabilities (every lookup is by file or batch id and owner),
 # and the engine makes two per output row: they come from the process's PRNG, which is reseeded
 # after fork, instead of a getrandom() syscall each (a syscall releases the GIL, and the writer

@@ -125,6 +125,27 @@ SETTINGS: tuple[Setting, ...] = (
             float),
     Setting("throughput_log_interval", "RUNNER_THROUGHPUT_LOG_INTERVAL", 10.0,
             "Seconds between the engine's throughput log lines.", float),
+    Setting("webhook_timeout", "RUNNER_WEBHOOK_TIMEOUT", 10.0,
+            "Seconds one webhook delivery (connect, send, read the status line) may take; then it counts "
+            "as failed and is retried.", float),
+    Setting("webhook_max_attempts", "RUNNER_WEBHOOK_MAX_ATTEMPTS", 20,
+            "Attempts per webhook event and endpoint before it is dropped (a log line says so).", int),
+    Setting("webhook_backoff", "RUNNER_WEBHOOK_BACKOFF", 5.0,
+            "Seconds before a failed webhook delivery's first retry; each retry waits twice as long (with "
+            "jitter: 50-100% of it), up to RUNNER_WEBHOOK_BACKOFF_MAX.", float),
+    Setting("webhook_backoff_max", "RUNNER_WEBHOOK_BACKOFF_MAX", 3600.0,
+            "Longest wait between two attempts of one webhook delivery.", float),
+    Setting("webhook_concurrency", "RUNNER_WEBHOOK_CONCURRENCY", 8,
+            "Webhook deliveries in flight at once.", int),
+    Setting("webhook_poll_interval", "RUNNER_WEBHOOK_POLL_INTERVAL", 1.0,
+            "Seconds between looks at the webhook outbox for deliveries that are due.", float),
+    Setting("webhook_disable_failures", "RUNNER_WEBHOOK_DISABLE_FAILURES", 20,
+            "Failed deliveries in a row (spanning RUNNER_WEBHOOK_DISABLE_SECONDS) that disable an endpoint.",
+            int),
+    Setting("webhook_disable_seconds", "RUNNER_WEBHOOK_DISABLE_SECONDS", 3600.0,
+            "How long an endpoint's run of failures must last before it is disabled.", float),
+    Setting("webhook_max_endpoints", "RUNNER_WEBHOOK_MAX_ENDPOINTS", 20,
+            "Webhook endpoints one owner may have.", int),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
@@ -166,6 +187,15 @@ class Settings:
     db_busy_timeout: float = 5.0
     model_load_retry_max_delay: float = 300.0
     throughput_log_interval: float = 10.0
+    webhook_timeout: float = 10.0
+    webhook_max_attempts: int = 20
+    webhook_backoff: float = 5.0
+    webhook_backoff_max: float = 3600.0
+    webhook_concurrency: int = 8
+    webhook_poll_interval: float = 1.0
+    webhook_disable_failures: int = 20
+    webhook_disable_seconds: float = 3600.0
+    webhook_max_endpoints: int = 20
     log_level: str = "info"
 
     @property
@@ -223,6 +253,13 @@ def _check(s: Settings) -> None:
         if getattr(s, name) <= 0:
             env = next(x.env for x in SETTINGS if x.name == name)
             raise ConfigError(f"{env} must be positive")
+    for name in ("webhook_timeout", "webhook_max_attempts", "webhook_backoff", "webhook_backoff_max",
+                 "webhook_concurrency", "webhook_poll_interval", "webhook_disable_failures", "webhook_max_endpoints"):
+        if getattr(s, name) <= 0:
+            env = next(x.env for x in SETTINGS if x.name == name)
+            raise ConfigError(f"{env} must be positive")
+    if s.webhook_disable_seconds < 0:
+        raise ConfigError("RUNNER_WEBHOOK_DISABLE_SECONDS must be >= 0")
     if s.max_connections < 0:
         raise ConfigError("RUNNER_MAX_CONNECTIONS must be >= 0 (0 = auto)")
     if s.rate_limit < 0:

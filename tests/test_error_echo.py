@@ -54,6 +54,8 @@ NO_CLIENT_VALUE = {
     "engine_frozen", "engine_crash_loop", "engine_no_progress", "engine_waiting_for_lock",
     "request_header_too_large", "request_timeout", "duplicate_authorization", "too_many_uploads",
     "too_many_connections",
+    # runner's own limit; a test send's failure is the socket library's text (clipped)
+    "too_many_webhook_endpoints", "webhook_unreachable",
 }
 
 # -- producers: each returns the error as a client sees it ({message, param, code}) ----------------------
@@ -160,6 +162,8 @@ ECHOES: dict[str, list[Case]] = {
                             tool_choice={"type": "function", "function": {"name": BIG}}),
                       _backend(EMBED, {"model": "e", "input": "x", "encoding_format": BIG},
                                ModelSpec(id="e", backend="simulated", task="embed")),
+                      _http("POST", "/v1/webhook_endpoints", json={"name": "n", "url": "http://h/",
+                                                                   "event_types": [J]}),
                       _responses(include=[BIG]), _responses(input=[{"type": "message", "role": BIG, "content": "hi"}]),
                       _responses(reasoning={"effort": BIG}), _responses(max_output_tokens=BIG),
                       _chat(response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": {
@@ -173,6 +177,10 @@ ECHOES: dict[str, list[Case]] = {
                                      + b"v" * (1 << 17) + b"\r\n--b--\r\n")],
     "invalid_purpose": [_upload({"purpose": U})],
     "invalid_endpoint": [_create(endpoint="/v1/" + J)],
+    "invalid_webhook_url": [_http("POST", "/v1/webhook_endpoints", json={"name": "n", "url": "https://" + J,
+                                                                         "event_types": ["batch.completed"]}),
+                            _http("POST", "/v1/webhook_endpoints", json={"name": "n", "url": "ftp://h/" + U,
+                                                                         "event_types": ["batch.completed"]})],
     "duplicate_custom_id": [_lines(_line(BIG), _line(BIG))],
     "invalid_method": [_lines({**_line(), "method": BIG}), _lines({**_line(), "method": [BIG, BIG]})],
     "invalid_url": [_lines({**_line(), "url": BIG})],

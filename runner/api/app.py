@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runner.api import batches, files, models, openapi
+from runner.api import batches, files, models, openapi, webhooks
 from runner.api.auth import GuardMiddleware
 from runner.api.limits import BodyLimitsMiddleware
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
+from runner.api.webhook_delivery import WebhookWorker
 from runner.errors import ApiError, ServiceUnavailable, clip, openai_error_body
 from runner.model_specs import ModelRegistry, load_model_specs
 from runner.settings import Settings
@@ -41,6 +42,14 @@ ROUTES = [
     Route("/v1/batches/{batch_id}/cancel", batches.cancel_batch, methods=["POST"]),
     Route("/v1/model-config", models.model_config, methods=["GET"]),
     Route("/v1/models", models.list_models, methods=["GET"]),
+    Route("/v1/webhook_endpoints", webhooks.create_endpoint, methods=["POST"]),
+    Route("/v1/webhook_endpoints", webhooks.list_endpoints, methods=["GET"]),
+    Route("/v1/webhook_endpoints/{webhook_endpoint_id}", webhooks.retrieve_endpoint, methods=["GET"]),
+    Route("/v1/webhook_endpoints/{webhook_endpoint_id}", webhooks.update_endpoint, methods=["POST"]),
+    Route("/v1/webhook_endpoints/{webhook_endpoint_id}", webhooks.delete_endpoint, methods=["DELETE"]),
+    Route("/v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret", webhooks.rotate_secret, methods=["POST"]),
+    Route("/v1/webhook_endpoints/{webhook_endpoint_id}/test", webhooks.test_endpoint, methods=["POST"]),
+    Route("/v1/webhook_event_types", webhooks.list_event_types, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
 ]
 
@@ -122,6 +131,11 @@ def create_app(
         services.resume_validation()
         stop_sweeping = asyncio.Event()
         sweeper = asyncio.create_task(_sweep_forever(services, stop_sweeping))
+        # Webhook deliveries from the SQLite outbox (at least once; see webhook_delivery.py).
+        webhook_worker = WebhookWorker(services.webhooks, settings)
+        loop = asyncio.get_running_loop()
+        services.wake_webhooks = lambda: loop.call_soon_threadsafe(webhook_worker.wake.set)
+        deliveries = asyncio.create_task(webhook_worker.run(stop_sweeping))
         try:
             if background is not None:
                 async with background(services):
@@ -135,6 +149,7 @@ def create_app(
             services.stopping.set()
             stop_sweeping.set()
             await sweeper
+            await deliveries
             await asyncio.to_thread(services.close)
 
     app = Starlette(

@@ -6,13 +6,14 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore, ModelStates
+from runner.store import BatchStore, Database, FileStore, ModelStates, WebhookStore
 from runner.validation import validate_batch_file
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ class Services:
         self.files = FileStore(self.db, settings.files_dir)
         self.batches = BatchStore(self.db, self.files)
         self.model_states = ModelStates(self.db)
+        self.webhooks = WebhookStore(self.db)
+        self.wake_webhooks: Callable[[], None] = lambda: None  # the lifespan's delivery worker sets it
         self.files.startup_check()  # temp and orphan files removed, damaged files marked (#14)
         self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
         self._retries: dict[str, threading.Timer] = {}

@@ -4,5 +4,6 @@ from runner.store.batches import BatchStore
 from runner.store.db import Database
 from runner.store.files import FileStore
 from runner.store.models import ModelStates
+from runner.store.webhooks import WebhookStore
 
-__all__ = ["BatchStore", "Database", "FileStore", "ModelStates"]
+__all__ = ["BatchStore", "Database", "FileStore", "ModelStates", "WebhookStore"]

@@ -13,6 +13,7 @@ from runner.ids import new_file_id
 from runner.store.db import Database
 from runner.store.files import FileStore
 from runner.store.transitions import STAMP, TERMINAL, check_transition
+from runner.store.webhooks import enqueue_batch_ending
 
 
 @dataclass(frozen=True)
@@ -240,3 +241,6 @@ class BatchStore:
         )
         if cur.rowcount != 1:
             raise Conflict(f"Batch {batch_id} changed status concurrently.", code="invalid_status_transition")
+        if new in TERMINAL:
+            # In this same transaction: the webhook events of an ending commit (or roll back) with it.
+            enqueue_batch_ending(conn, batch_id, new, now)

@@ -1,6 +1,6 @@
 """The schema: one idempotent script, versioned with PRAGMA user_version."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS files (
@@ -62,4 +62,39 @@ CREATE TABLE IF NOT EXISTS model_states (
     retry_at    REAL,               -- unix time of the next load attempt
     updated_at  REAL NOT NULL
 );
+
+-- Webhook endpoints (version 3): per owner, as the openai SDK's client.webhooks manages them.
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    owner            TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    event_types      TEXT NOT NULL,     -- JSON list of event types
+    secret           TEXT NOT NULL,     -- whsec_...: kept, since every delivery is signed with it
+    old_secret       TEXT,              -- after rotate_secret(keep_old_secret_active_for_24_hours)
+    old_secret_until INTEGER,           -- unix time the old secret stops signing
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'enabled',   -- enabled | disabled (kept failing)
+    failures         INTEGER NOT NULL DEFAULT 0,        -- failed delivery attempts in a row
+    failing_since    REAL,                              -- unix time of the streak's first failure
+    disabled_at      INTEGER
+);
+CREATE INDEX IF NOT EXISTS webhook_endpoints_by_owner ON webhook_endpoints (owner, seq);
+
+-- The durable outbox: one row per (event, endpoint) still to deliver, written in the transaction that
+-- ends the batch; deleted once a 2xx came back (or the attempts ran out).
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id         TEXT NOT NULL,     -- evt_...: the webhook-id header, the same on every attempt
+    endpoint_id      TEXT NOT NULL,
+    body             TEXT NOT NULL,     -- fixed at enqueue, so every attempt signs the same bytes
+    created_at       INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_error       TEXT,
+    UNIQUE (event_id, endpoint_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_attempt_at);
 """
