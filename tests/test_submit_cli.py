@@ -7,13 +7,16 @@ answers the question with "y", and checks the batch ends cancelled with every li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +274,79 @@ def test_progress_text_shows_throughput_or_dashes() -> None:
     batch["throughput"] = {"lines_per_second": 2.5, "output_tokens_per_second": 812.34, "eta_seconds": 61}
     text = progress_text(batch, 3725, bar_width=10)
     assert "[##........] 50/200 lines (25%)" in text and "812.3 tok/s, ETA 1m01s, elapsed 1h02m" in text
+
+
+class CuttingProxy:
+    """A TCP proxy in front of the server that cuts the first file download after `cut` bytes of
+    its answer (a dropped connection), and records each request's first line and Range header."""
+
+    def __init__(self, target_port: int, cut: int) -> None:
+        self.target_port = target_port
+        self.cut = cut
+        self.cut_done = False
+        self.requests: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        first = client.recv(65536)
+        head = first.split(b"\r\n\r\n")[0].decode("latin-1").lower().splitlines()
+        rng = next((h for h in head if h.startswith("range:")), "")
+        self.requests.append(f"{head[0]} {rng}".strip())
+        limit = None
+        if "/content" in head[0] and not self.cut_done:
+            self.cut_done, limit = True, self.cut
+        upstream.sendall(first)
+        threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+        self._pipe(upstream, client, limit)
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    dst.sendall(data[: limit - sent])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_download_resumes_with_range_after_a_dropped_connection(server: LiveServer, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    ids = batch_file(src, 60)
+    proxy = CuttingProxy(int(server.url.rsplit(":", 1)[1]), cut=5000)
+    try:
+        out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+        res = runner("submit", str(src), "--wait", "-o", str(out), "--errors", str(err), "--poll-interval", "0.1",
+                     env=client_env(key=KEY, OPENAI_BASE_URL=f"http://127.0.0.1:{proxy.port}/v1"))
+    finally:
+        proxy.close()
+    assert res.returncode == 0, res.stderr
+    assert proxy.cut_done
+    resumed = [r for r in proxy.requests if "/content" in r and "range: bytes=" in r]
+    assert len(resumed) == 1, proxy.requests  # the cut download went on from where it stopped
+    batch = get_batch(server, res.stdout.strip())
+    with server.client(headers={"authorization": f"Bearer {KEY}"}) as c:
+        whole = c.get(f"/v1/files/{batch['output_file_id']}/content").content
+    assert out.read_bytes() == whole  # byte for byte what the server holds, nothing twice
+    assert sorted(custom_ids(out, err)) == sorted(ids)
