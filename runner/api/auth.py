@@ -13,13 +13,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runner.api import dashboard
 from runner.api.responses import OrjsonResponse
 from runner.errors import ApiError, InvalidRequest, PermissionDenied, RateLimited, Unauthorized
 from runner.ids import new_request_id
 from runner.settings import Settings, is_loopback
 
 LOCAL_OWNER = "local"
-OPEN_PATHS = ("/health",)
+# The dashboard page and its assets hold no data; the calls it makes carry the user's key.
+OPEN_PATHS = ("/health", *dashboard.PATHS)
 KEY_HEADERS = (b"authorization", b"x-api-key")
 
 
