@@ -240,6 +240,83 @@ def _health_op() -> dict[str, Any]:
     return {**op, "security": []}
 
 
+EVENT_TYPE = {"type": "string", "enum": ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]}
+_WEBHOOK_FIELDS: dict[str, Any] = {
+    "id": STR, "object": {"const": "webhook_endpoint"}, "created_at": TS, "updated_at": TS, "name": STR, "url": STR,
+    "event_types": {"type": "array", "items": STR}, "signing_secret_hint": STR,
+    # runner's extras: disabled after a run of failed deliveries; any update enables it again
+    "status": {"type": "string", "enum": ["enabled", "disabled"]}, "disabled_at": _nullable(TS),
+}
+WEBHOOK_SCHEMAS: dict[str, Any] = {
+    "WebhookEndpoint": _closed(_WEBHOOK_FIELDS),
+    "WebhookEndpointWithSecret": _closed({**_WEBHOOK_FIELDS, "signing_secret": {"type": "string",
+                                                                                  "pattern": "^whsec_"}}),
+    "WebhookEndpointList": _closed({
+        "object": {"const": "list"}, "data": {"type": "array", "items": _ref("WebhookEndpoint")},
+        "first_id": _nullable(STR), "last_id": _nullable(STR), "has_more": {"type": "boolean"}}),
+    "WebhookEndpointDeleted": _closed({"id": STR, "object": {"const": "webhook_endpoint.deleted"},
+                                       "deleted": {"const": True}}),
+    "WebhookEndpointTestResult": _closed({"object": {"const": "webhook_endpoint.test"}, "webhook_endpoint_id": STR,
+                                          "event_type": STR, "status_code": INT, "success": {"const": True}}),
+    "WebhookEventTypeList": _closed({"object": {"const": "list"}, "data": {"type": "array", "items": STR}}),
+    "CreateWebhookEndpointRequest": _closed({
+        "name": {"type": "string", "minLength": 1, "maxLength": 256},
+        "url": {"type": "string", "pattern": "^https?://[a-z0-9.-]+(:[0-9]{1,5})?/[!-~]*$", "maxLength": 2048},
+        "event_types": {"type": "array", "items": EVENT_TYPE, "minItems": 1}}),
+    "UpdateWebhookEndpointRequest": _closed({
+        "name": {"type": "string", "minLength": 1, "maxLength": 256},
+        "url": {"type": "string", "pattern": "^https?://[a-z0-9.-]+(:[0-9]{1,5})?/[!-~]*$", "maxLength": 2048},
+        "event_types": {"type": "array", "items": EVENT_TYPE, "minItems": 1}}, required=[]),
+    "RotateWebhookSecretRequest": _closed({"keep_old_secret_active_for_24_hours": {"type": "boolean"}}, required=[]),
+    "TestWebhookEndpointRequest": _closed({"event_type": EVENT_TYPE}),
+}
+WEBHOOK_ID_PARAM = _param("webhook_endpoint_id", "path", {"type": "string", "pattern": "^we_[a-z0-9]{1,64}$"},
+                          "The webhook endpoint's id.")
+
+
+def _json_body(schema: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    """/v1/webhook_endpoints as openai's client.webhooks calls it (runner/api/webhooks.py)."""
+    endpoint = _json_response("The webhook endpoint.", _ref("WebhookEndpoint"))
+    with_secret = _json_response("The webhook endpoint with its signing_secret (shown only here).",
+                                 _ref("WebhookEndpointWithSecret"))
+    return {
+        "/v1/webhook_endpoints": {
+            "post": _op("createWebhookEndpoint", "Create a webhook endpoint for batch endings.", with_secret,
+                        (400, 503), requestBody=_json_body("CreateWebhookEndpointRequest")),
+            "get": _op("listWebhookEndpoints", "List this key's webhook endpoints, newest first.",
+                       _json_response("A page of endpoints.", _ref("WebhookEndpointList")), (400,),
+                       parameters=[_param("after", "query", AFTER, "Id of the last endpoint of the previous page."),
+                                   _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100,
+                                                             "default": 20}, "Page size.")]),
+        },
+        "/v1/webhook_endpoints/{webhook_endpoint_id}": {
+            "parameters": [WEBHOOK_ID_PARAM],
+            "get": _op("retrieveWebhookEndpoint", "A webhook endpoint (without its secret).", endpoint, (404,)),
+            "post": _op("updateWebhookEndpoint", "Update name, url or event_types; enables a disabled endpoint.",
+                        endpoint, (400, 404, 503), requestBody=_json_body("UpdateWebhookEndpointRequest", False)),
+            "delete": _op("deleteWebhookEndpoint", "Delete a webhook endpoint and its undelivered events.",
+                          _json_response("Deleted.", _ref("WebhookEndpointDeleted")), (404, 503)),
+        },
+        "/v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret": {
+            "parameters": [WEBHOOK_ID_PARAM],
+            "post": _op("rotateWebhookSecret", "A new signing secret.", with_secret, (400, 404, 503),
+                        requestBody=_json_body("RotateWebhookSecretRequest", False)),
+        },
+        "/v1/webhook_endpoints/{webhook_endpoint_id}/test": {
+            "parameters": [WEBHOOK_ID_PARAM],
+            "post": _op("testWebhookEndpoint", "Send a signed sample event now; the receiver's status code.",
+                        _json_response("The test's result.", _ref("WebhookEndpointTestResult")), (400, 404),
+                        requestBody=_json_body("TestWebhookEndpointRequest")),
+        },
+        "/v1/webhook_event_types": {"get": _op("listWebhookEventTypes", "The event types this server sends.",
+                                               _json_response("Event types.", _ref("WebhookEventTypeList")), ())},
+    }
+
+
 def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
     upload_note = f" At most {max_upload_bytes} bytes." if max_upload_bytes else ""
     paths: dict[str, Any] = {
@@ -311,6 +388,7 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
             "description": "OpenAPI document.", "headers": _REQUEST_ID,
             "content": {"application/json": {"schema": {"type": "object"}}}}, ())}},
     }
+    paths.update(_webhook_paths())
     return {
         "openapi": "3.1.0",
         "info": {"title": "runner batch API", "version": "1",
@@ -319,7 +397,7 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **WEBHOOK_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "One of RUNNER_API_KEYS (none needed on loopback "
                                                           "when no keys are configured)."}},
