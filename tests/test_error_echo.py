@@ -41,6 +41,7 @@ NO_CLIENT_VALUE = {
     "missing_api_key", "invalid_api_key", "permission_denied", "conflict", "invalid_status_transition",
     "batch_not_cancellable", "file_in_use", "file_too_large", "body_too_large", "rate_limit_exceeded",
     "service_unavailable", "shutting_down", "disk_full", "database_busy", "internal_error",
+    "range_not_satisfiable",  # names the file's size, never the Range header
     "missing_required_parameter", "invalid_metadata", "invalid_content_type", "missing_file",
     "missing_purpose", "invalid_file_purpose", "invalid_completion_window",
     "empty_file", "too_many_requests", "file_unreadable", "file_not_found", "file_damaged", "too_many_errors",
