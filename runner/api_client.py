@@ -16,12 +16,12 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import socket
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,13 +53,36 @@ def _server_error(exc: urllib.error.HTTPError) -> ServerError:
     raw = b""
     with contextlib.suppress(OSError):
         raw = exc.read(64 * 1024)
+    return _error_from(exc.code, str(exc.reason), raw)
+
+
+def _error_from(status: int, reason: str, raw: bytes) -> ServerError:
     try:
         err = json.loads(raw)["error"]
-        return ServerError(exc.code, str(err.get("message") or exc.reason), err.get("code"), err.get("param"))
+        return ServerError(status, str(err.get("message") or reason), err.get("code"), err.get("param"))
     except (ValueError, KeyError, TypeError, AttributeError):
         # Not OpenAI's shape (a proxy's HTML page, say): a bounded piece of the body says what it was.
-        text = raw[:200].decode("utf-8", "replace").strip() or str(exc.reason)
-        return ServerError(exc.code, " ".join(text.split()))
+        text = raw[:200].decode("utf-8", "replace").strip() or reason
+        return ServerError(status, " ".join(text.split()))
+
+
+def _go_ahead(sock: Any, wait: float = 1.0) -> bool:
+    """After headers with `Expect: 100-continue`: True to send the body (the interim 100 came, or
+    nothing within `wait` seconds: a server or proxy that ignores Expect, as RFC 9110 allows),
+    False when a final answer came first (it is then read as the response)."""
+    ready, _, _ = select.select([sock], [], [], wait)
+    if not ready:
+        return True
+    peek = sock.recv(16, socket.MSG_PEEK)
+    if not peek.startswith((b"HTTP/1.1 100", b"HTTP/1.0 100")):
+        return False
+    seen = b""
+    while not seen.endswith(b"\r\n\r\n"):  # consume the interim answer, byte by byte: it is short
+        byte = sock.recv(1)
+        if not byte:
+            return False
+        seen += byte
+    return True
 
 
 def normalize_base_url(url: str) -> str:
@@ -93,15 +116,16 @@ class ApiClient:
             raise _server_error(exc) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
-            if isinstance(reason, ConnectionRefusedError):
-                why = "connection refused"
-            elif isinstance(reason, socket.gaierror):
-                why = "host name does not resolve"
-            else:
-                why = str(reason)
-            raise Unreachable(f"cannot reach {self.base_url} ({why})") from None
-        except (TimeoutError, ConnectionError, OSError) as exc:
-            raise Unreachable(f"no answer from {self.base_url} ({exc or type(exc).__name__})") from None
+            raise self._unreachable(reason if isinstance(reason, OSError) else OSError(str(reason))) from None
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: OSError) -> Unreachable:
+        if isinstance(exc, ConnectionRefusedError):
+            return Unreachable(f"cannot reach {self.base_url} (connection refused)")
+        if isinstance(exc, socket.gaierror):
+            return Unreachable(f"cannot reach {self.base_url} (host name does not resolve)")
+        return Unreachable(f"no answer from {self.base_url} ({exc or type(exc).__name__})")
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -115,7 +139,12 @@ class ApiClient:
             raise ServerError(200, f"the answer is not JSON ({exc})") from None
 
     def upload(self, path: Path, purpose: str = "batch") -> dict[str, Any]:
-        """POST /files as multipart/form-data, streaming the file (it may be hundreds of MB)."""
+        """POST /files as multipart/form-data, streaming the file (it may be hundreds of MB).
+
+        Over plain HTTP it sends `Expect: 100-continue` and waits for the server's go-ahead before
+        the body: a server that refuses the upload at once (a wrong key, a file over its size
+        limit, too many uploads) answers before reading it and closes the connection, and a client
+        still sending would get a broken pipe instead of that answer."""
         boundary = uuid.uuid4().hex
         name = path.name.replace('"', "_").replace("\r", "_").replace("\n", "_")
         head = (f'--{boundary}\r\ncontent-disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
@@ -123,22 +152,44 @@ class ApiClient:
                 f"content-type: application/jsonl\r\n\r\n").encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         size = path.stat().st_size
-
-        def body() -> Iterator[bytes]:
-            yield head
-            with open(path, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    yield chunk
-            yield tail
-
-        headers = {"content-type": f"multipart/form-data; boundary={boundary}",
-                   "content-length": str(len(head) + size + len(tail))}
+        parts = urllib.parse.urlsplit(self.base_url)
+        https = parts.scheme == "https"
+        headers = self._headers({"content-type": f"multipart/form-data; boundary={boundary}",
+                                 "content-length": str(len(head) + size + len(tail))})
+        if not https:  # ssl sockets cannot peek (MSG_PEEK) at the interim answer
+            headers["expect"] = "100-continue"
+        cls = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        conn = cls(parts.hostname or "", parts.port, timeout=self.timeout)
         try:
-            with self._open("POST", "/files", body(), headers) as resp:
-                result: dict[str, Any] = json.loads(resp.read())
-                return result
-        except (TimeoutError, ConnectionError) as exc:
-            raise Unreachable(f"upload to {self.base_url} lost ({exc or type(exc).__name__})") from None
+            conn.putrequest("POST", parts.path + "/files", skip_accept_encoding=True)
+            for key, value in headers.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            if https or _go_ahead(conn.sock):
+                try:
+                    conn.send(head)
+                    with open(path, "rb") as f:
+                        while chunk := f.read(CHUNK):
+                            conn.send(chunk)
+                    conn.send(tail)
+                except (BrokenPipeError, ConnectionResetError):
+                    raise Unreachable(f"{self.base_url} closed the connection during the upload without an "
+                                      "answer (a refused key, or a file over its upload limit?)") from None
+            resp = conn.getresponse()
+            raw = resp.read()
+        except OSError as exc:
+            raise self._unreachable(exc) from None
+        except http.client.HTTPException as exc:
+            raise Unreachable(f"upload to {self.base_url} lost ({type(exc).__name__})") from None
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise _error_from(resp.status, resp.reason, raw)
+        try:
+            result: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise ServerError(resp.status, f"the answer is not JSON ({exc})") from None
+        return result
 
     def download(self, file_id: str, dest: Path) -> int:
         """GET /files/{id}/content into dest: streamed to dest's .part file, renamed when whole.

@@ -45,7 +45,7 @@ KEY, OTHER_KEY = "sk-submit-one", "sk-submit-two"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     srv = start_server(tmp_path_factory.mktemp("submit"), engine=True, models_yaml=MODELS,
-                       env={"RUNNER_API_KEYS": f"{KEY},{OTHER_KEY}"})
+                       env={"RUNNER_API_KEYS": f"{KEY},{OTHER_KEY}", "RUNNER_MAX_UPLOAD_BYTES": "200000"})
     yield srv
     stop_server(srv)
 
@@ -140,6 +140,21 @@ def test_server_error_is_one_line_exit_2(server: LiveServer, tmp_path: Path) -> 
     assert res.returncode == 2
     assert res.stderr.startswith("runner: error: HTTP 400 invalid_endpoint: ") and res.stderr.count("\n") == 1
     assert "Traceback" not in res.stderr
+
+
+def test_refused_upload_is_answered_not_a_broken_pipe(server: LiveServer, tmp_path: Path) -> None:
+    """The server refuses these before reading the body; Expect: 100-continue lets the client hear
+    why instead of writing into a closed connection."""
+    big = tmp_path / "big.jsonl"
+    batch_file(big, 2500)  # ~300 KB, over this server's RUNNER_MAX_UPLOAD_BYTES
+    assert big.stat().st_size > 200_000
+    res = runner("submit", str(big), env=client_env(server))
+    assert res.returncode == 2
+    assert res.stderr.startswith("runner: error: HTTP 413 file_too_large: "), res.stderr
+    small = tmp_path / "small.jsonl"
+    batch_file(small, 1)
+    res = runner("submit", str(small), env=client_env(server))
+    assert res.returncode == 0, res.stderr
 
 
 def test_keys_wrong_missing_and_from_runner_setting(server: LiveServer, tmp_path: Path) -> None:
