@@ -196,7 +196,8 @@ def run_command(args: argparse.Namespace) -> int:
         overrides = {k: v for k, v in (("threads", args.threads), ("data_dir", args.data_dir),
                                        ("max_inflight", args.max_inflight),
                                        ("backend", args.backend if not args.model else None)) if v is not None}
-        settings = load_settings(overrides)
+        # no /metrics reads vLLM's stats in an offline run, so vLLM need not keep them
+        settings = load_settings({**overrides, "vllm_metrics": False})
         scan = InputScan.of(input_path, settings.max_line_bytes)
         registry = _registry(args, scan, engine_args)
         err_path = Path(args.errors_file) if args.errors_file else None

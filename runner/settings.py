@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("vllm_cpu_reserved_cpus", "RUNNER_VLLM_CPU_RESERVED_CPUS", -1,
             "Cores vLLM on a CPU keeps free of compute (-1 = 0 on 4 usable CPUs or fewer, else vLLM's "
             "choice); VLLM_CPU_NUM_OF_RESERVED_CPU wins.", int),
+    Setting("vllm_metrics", "RUNNER_VLLM_METRICS", True,
+            "vLLM's own metrics in GET /metrics: the server's engine runs vLLM with disable_log_stats=False "
+            "(`runner run` never does).", _bool),
     Setting(
         "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
     ),
@@ -146,6 +149,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an endpoint's run of failures must last before it is disabled.", float),
     Setting("webhook_max_endpoints", "RUNNER_WEBHOOK_MAX_ENDPOINTS", 20,
             "Webhook endpoints one owner may have.", int),
+    Setting("metrics_token", "RUNNER_METRICS_TOKEN", "",
+            "A bearer token that opens GET /metrics only (for a Prometheus scraper); any API key works too."),
     Setting("log_level", "RUNNER_LOG_LEVEL", "info", "Log level.", str),
 )
 
@@ -177,6 +182,7 @@ class Settings:
     threads: int = 0
     vllm_cpu_kv_cache_gib: float = 0.0
     vllm_cpu_reserved_cpus: int = -1
+    vllm_metrics: bool = True
     max_inflight: int = 0
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
@@ -196,6 +202,7 @@ class Settings:
     webhook_disable_failures: int = 20
     webhook_disable_seconds: float = 3600.0
     webhook_max_endpoints: int = 20
+    metrics_token: str = ""
     log_level: str = "info"
 
     @property

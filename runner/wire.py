@@ -32,7 +32,9 @@ def file_object(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def batch_object(row: sqlite3.Row) -> dict[str, Any]:
+def batch_object(row: sqlite3.Row, throughput: dict[str, Any] | None = None) -> dict[str, Any]:
+    """OpenAI's Batch, plus runner's `throughput` (null unless in_progress and measured; see
+    store/stats.py): an extra field, which the openai SDK keeps (batch.model_extra)."""
     errors = orjson.loads(row["errors"]) if row["errors"] else None
     return {
         "id": row["id"],
@@ -67,6 +69,7 @@ def batch_object(row: sqlite3.Row) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": row["reasoning_tokens"]},
             "total_tokens": row["input_tokens"] + row["output_tokens"],
         },
+        "throughput": throughput,
     }
 
 

@@ -23,7 +23,7 @@ BATCH_FIELDS = {
     "id", "object", "endpoint", "model", "errors", "input_file_id", "completion_window", "status",
     "output_file_id", "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at",
     "completed_at", "failed_at", "expired_at", "cancelling_at", "cancelled_at", "request_counts", "metadata",
-    "usage",
+    "usage", "throughput",
 }
 USAGE = {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}

@@ -37,13 +37,13 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: 
 
 KEY_A, KEY_B = "sk-dash-a", "sk-dash-b"
 LINES = 40
-# Two lines in flight, each at least 0.15 s: the batch runs for about 3 s, several polls of the page.
+# Two lines in flight, each at least 0.2 s: the batch runs for about 4 s, several polls of the page.
 MODELS_YAML = """
 models:
   - id: sim-slow
     backend: simulated
     max_tokens: 16
-    engine_args: {latency_per_line: 0.15, max_inflight: 2}
+    engine_args: {latency_per_line: 0.2, max_inflight: 2}
 """
 NUMBER_OR_DASH = re.compile(r"^(-|\d+(\.\d+)?)$")
 
@@ -89,8 +89,10 @@ def base(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.fail("RUNNER_REQUIRE_BROWSER=1 and no chromium on PATH (apt-get install chromium)")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM or "/usr/bin/chromium")
+        b = p.chromium.launch(executable_path=CHROMIUM)
         try:
             yield b
         finally:
@@ -227,4 +229,30 @@ def test_dashboard_renders_server_strings_as_text(base: str, browser: Browser) -
     expect(errors.first).to_contain_text("invalid_url Unsupported url '/v1/<img src=x id=pwned>'")
     assert "(line 1)" in errors.first.inner_text()
     assert page.locator("#pwned").count() == 0 and page.locator("td img").count() == 0
+    assert problems == [], problems
+
+
+def test_dashboard_stops_polling_while_hidden(base: str, browser: Browser) -> None:
+    problems: list[str] = []
+    page = _open(browser, base, KEY_A, problems)
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/v1/batches" in r.url else None)
+    # (Playwright's events arrive while it waits, so wait_for_timeout, not time.sleep)
+    page.wait_for_timeout(2500)
+    assert len(polls) >= 2, polls  # visible: about one a second
+
+    def set_hidden(hidden: bool) -> None:
+        page.evaluate("""hidden => {
+            Object.defineProperty(document, "hidden", {get: () => hidden, configurable: true});
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""", hidden)
+
+    set_hidden(True)
+    page.wait_for_timeout(500)  # a poll already on the wire may still land
+    before = len(polls)
+    page.wait_for_timeout(3000)
+    assert len(polls) == before, "the hidden tab kept polling"
+    set_hidden(False)
+    page.wait_for_timeout(500)
+    assert len(polls) > before, "no poll right after the tab was shown again"
     assert problems == [], problems

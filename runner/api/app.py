@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runner.api import batches, dashboard, files, models, openapi, webhooks
+from runner.api import batches, dashboard, files, metrics, models, openapi, webhooks
 from runner.api.auth import GuardMiddleware
 from runner.api.limits import BodyLimitsMiddleware
 from runner.api.responses import OrjsonResponse
@@ -50,6 +50,7 @@ ROUTES = [
     Route("/v1/webhook_endpoints/{webhook_endpoint_id}/rotate_secret", webhooks.rotate_secret, methods=["POST"]),
     Route("/v1/webhook_endpoints/{webhook_endpoint_id}/test", webhooks.test_endpoint, methods=["POST"]),
     Route("/v1/webhook_event_types", webhooks.list_event_types, methods=["GET"]),
+    Route("/metrics", metrics.metrics, methods=["GET"]),
     Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     *dashboard.ROUTES,  # GET / and its static assets
 ]

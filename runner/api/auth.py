@@ -23,6 +23,8 @@ LOCAL_OWNER = "local"
 # The dashboard page and its assets hold no data; the calls it makes carry the user's key.
 OPEN_PATHS = ("/health", *dashboard.PATHS)
 KEY_HEADERS = (b"authorization", b"x-api-key")
+METRICS_PATH = "/metrics"
+METRICS_OWNER = "metrics-scraper"  # who a request with RUNNER_METRICS_TOKEN is; it owns no batches
 
 
 def owner_of_key(key: str) -> str:
@@ -59,6 +61,7 @@ class GuardMiddleware:
         self.app = app
         self.settings = settings
         self.keys = {k: owner_of_key(k) for k in settings.api_keys}
+        self.metrics_token = settings.metrics_token
         self.bucket = TokenBucket(settings.rate_limit, settings.rate_burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +91,9 @@ class GuardMiddleware:
         path: str = scope.get("path", "")
         if path in OPEN_PATHS:
             return None
-        if not self.keys:
+        if path == METRICS_PATH and self.metrics_token and self._is_metrics_token(scope):
+            owner = METRICS_OWNER  # a scrape token opens /metrics only (also on a keyless server)
+        elif not self.keys:
             client = scope.get("client")
             if client and not is_loopback(str(client[0])) and client[0] != "testclient":
                 raise PermissionDenied(
@@ -106,6 +111,15 @@ class GuardMiddleware:
                 headers={"retry-after": str(retry)},
             )
         return owner
+
+    def _is_metrics_token(self, scope: Scope) -> bool:
+        for k, v in scope.get("headers", []):
+            if k.lower() == b"authorization":
+                auth = v.decode("latin-1").strip()
+                if auth[:7].lower() == "bearer " and hmac.compare_digest(auth[7:].strip().encode(),
+                                                                         self.metrics_token.encode()):
+                    return True
+        return False
 
     def _owner_from_headers(self, scope: Scope) -> str:
         headers: dict[bytes, bytes] = {}

@@ -93,6 +93,12 @@ SCHEMAS: dict[str, Any] = {
             "output_tokens_details": _closed({"reasoning_tokens": INT}),
             "total_tokens": INT,
         }),
+        # runner's extra: measured over the last minute while in_progress, else null
+        "throughput": _nullable(_closed({
+            "lines_per_second": {"type": "number", "minimum": 0},
+            "output_tokens_per_second": {"type": "number", "minimum": 0},
+            "eta_seconds": _nullable({"type": "number", "minimum": 0}),
+        })),
     }),
     "BatchList": _closed({
         "object": {"const": "list"}, "data": {"type": "array", "items": _ref("Batch")},
@@ -384,6 +390,10 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
                                         _json_response("Models.", _ref("ModelConfigList")), ())},
         "/v1/models": {"get": _op("listModels", "Models in OpenAI's shape.",
                                   _json_response("Models.", _ref("ModelList")), ())},
+        "/metrics": {"get": _op(
+            "metrics", "Prometheus metrics of the whole server (any API key, or RUNNER_METRICS_TOKEN).", {
+                "description": "Prometheus text exposition (prometheus_client).", "headers": _REQUEST_ID,
+                "content": {"text/plain": {"schema": {"type": "string"}}}}, ())},
         "/openapi.json": {"get": {**_op("openapi", "This document.", {
             "description": "OpenAPI document.", "headers": _REQUEST_ID,
             "content": {"application/json": {"schema": {"type": "object"}}}}, ())}},

@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore, ModelStates, WebhookStore
+from runner.store import BatchStore, Database, FileStore, ModelStates, StatsStore, WebhookStore
 from runner.validation import validate_batch_file
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class Services:
         self.files = FileStore(self.db, settings.files_dir)
         self.batches = BatchStore(self.db, self.files)
         self.model_states = ModelStates(self.db)
+        self.stats = StatsStore(self.db)  # live throughput and GET /metrics
         self.webhooks = WebhookStore(self.db)
         self.wake_webhooks: Callable[[], None] = lambda: None  # the lifespan's delivery worker sets it
         self.files.startup_check()  # temp and orphan files removed, damaged files marked (#14)

@@ -290,6 +290,12 @@ class FileSource:
         self.ended.set()
         return self.status_now
 
+    def report(self, key: str, value: str) -> None:
+        pass  # `runner run` serves no /metrics: nothing reads these
+
+    def record_loads(self, loads: list[tuple[str, bool, float, float]]) -> None:
+        pass
+
     def status(self, batch_id: str) -> str | None:
         return self.status_now
 

@@ -139,13 +139,16 @@ class EngineLoop:
             return
         if old is not None:
             self._unload(old)
+        started = time.monotonic()
         try:
             backend = self.make_backend(spec, self.settings)
         except Exception as exc:
+            self.state.add_load(spec.id, False, time.monotonic() - started)
             failure = self._fail(spec.id, f"{type(exc).__name__}: {exc}", "model_load_failed")
             logger.exception("model load failed model=%s attempt=%d retry_at=+%.1fs", spec.id, failure.attempts,
                              failure.retry_at - failure.at)
             return
+        self.state.add_load(spec.id, True, time.monotonic() - started)
         self.state.load_errors.pop(spec.id, None)
         self.stopped.discard(spec.id)
         self.backends[spec.id] = backend

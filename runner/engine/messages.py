@@ -15,6 +15,7 @@ of a batch reaches the writer before its Close, and the writer fills in the rest
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -114,6 +115,8 @@ class EngineState:
     ended: set[str] = field(default_factory=set)
     stats: dict[str, Stats] = field(default_factory=lambda: defaultdict(Stats))
     generated: dict[str, int] = field(default_factory=dict)  # model -> backend.generated_tokens()
+    # finished model loads (model, ok, seconds, unix time), until the writer reports them (stats.py)
+    loads: list[tuple[str, bool, float, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def register(self, ledger: Ledger) -> None:
@@ -128,6 +131,15 @@ class EngineState:
     def ledger(self, batch_id: str) -> Ledger | None:
         with self.lock:
             return self.ledgers.get(batch_id)
+
+    def add_load(self, model: str, ok: bool, seconds: float) -> None:
+        with self.lock:
+            self.loads.append((model, ok, seconds, time.time()))
+
+    def take_loads(self) -> list[tuple[str, bool, float, float]]:
+        with self.lock:
+            taken, self.loads = self.loads, []
+            return taken
 
     def open_ledgers(self) -> list[Ledger]:
         with self.lock:

@@ -27,7 +27,7 @@ from runner.engine.handles import HandlePool
 from runner.engine.ledger import Ledger, Totals
 from runner.errors import ConfigError, Conflict, LineError
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore, ModelStates
+from runner.store import BatchStore, Database, FileStore, ModelStates, StatsStore
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,14 @@ class Source(Protocol):
         ...
 
     def status(self, batch_id: str) -> str | None: ...
+    def report(self, key: str, value: str) -> None:
+        """What only the engine knows, for GET /metrics (engine/stats.py): `key` in_flight or vllm."""
+        ...
+
+    def record_loads(self, loads: list[tuple[str, bool, float, float]]) -> None:
+        """Finished model loads: (model, ok, seconds, unix time)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -117,6 +125,7 @@ class StoreSource:
         self.files = FileStore(self.db, settings.files_dir)
         self.store = BatchStore(self.db, self.files)
         self.models = ModelStates(self.db)
+        self.stats = StatsStore(self.db)
         self.lock_path = settings.data_path / "engine.lock"
         self.handles = HandlePool()  # every running batch's output and error files share it
 
@@ -184,6 +193,12 @@ class StoreSource:
     def status(self, batch_id: str) -> str | None:
         row = self.store.get_any(batch_id)
         return row["status"] if row is not None else None
+
+    def report(self, key: str, value: str) -> None:
+        self.stats.report(key, value, time.time())
+
+    def record_loads(self, loads: list[tuple[str, bool, float, float]]) -> None:
+        self.stats.model_loads(loads)
 
     def close(self) -> None:
         self.db.close()

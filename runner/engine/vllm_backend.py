@@ -184,6 +184,9 @@ class VllmBackend(Backend):
         self._api = _Api()
         args = _engine_args(spec, LLM)
         args.setdefault("runner", "pooling" if spec.task == "embed" else "generate")
+        # vLLM's Prometheus stat logger fills the `vllm:` series GET /metrics passes on (engine/stats.py);
+        # LLM() turns it off by default. models.yaml's engine_args may still say otherwise.
+        args.setdefault("disable_log_stats", not getattr(settings, "vllm_metrics", False))
         if vllm_device() == "cpu":
             chosen = cpu_defaults(
                 args, os.environ,

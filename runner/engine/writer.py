@@ -35,6 +35,7 @@ import orjson
 from runner.engine.ledger import Ledger
 from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
 from runner.engine.sources import Source
+from runner.engine.stats import EngineReporter
 from runner.ids import new_line_id, new_request_id
 from runner.jsonl import InputDamaged, iter_custom_ids
 from runner.settings import Settings
@@ -60,6 +61,7 @@ class Writer(threading.Thread):
         self.error: BaseException | None = None
         self._last_log = time.monotonic()
         self._generated_at_log: dict[str, int] = {}
+        self.reporter = EngineReporter(state)  # in-flight lines, model loads, vLLM's metrics (GET /metrics)
 
     def run(self) -> None:
         try:
@@ -97,6 +99,10 @@ class Writer(threading.Thread):
                 self.checkpoint_all()
                 self._log_throughput()
                 next_checkpoint = time.monotonic() + interval
+            try:
+                self.reporter.tick(self.source, force=stopping)
+            except Exception:  # figures for /metrics must never stop the writer (and so the engine)
+                logger.exception("engine report for /metrics failed")
         for ledger in self.state.open_ledgers():
             ledger.close()
         logger.info("[shutdown] writer stopped after a final checkpoint")

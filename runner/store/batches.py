@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.ids import new_file_id
 from runner.store.db import Database
 from runner.store.files import FileStore
+from runner.store.stats import add_sample, drop_samples
 from runner.store.transitions import STAMP, TERMINAL, check_transition
 from runner.store.webhooks import enqueue_batch_ending
 
@@ -212,6 +214,8 @@ class BatchStore:
             )
             conn.execute("UPDATE files SET bytes = ? WHERE id = ?", (p.output_bytes, row["output_file_id"]))
             conn.execute("UPDATE files SET bytes = ? WHERE id = ?", (p.error_bytes, row["error_file_id"]))
+            # the live throughput's samples (stats.py), committed with the counts they sample
+            add_sample(conn, batch_id, p.completed + p.failed, p.output_tokens, time.time())
 
     def durable_sizes(self, batch_id: str) -> tuple[int, int]:
         row = self.db.query_one(
@@ -242,5 +246,6 @@ class BatchStore:
         if cur.rowcount != 1:
             raise Conflict(f"Batch {batch_id} changed status concurrently.", code="invalid_status_transition")
         if new in TERMINAL:
+            drop_samples(conn, batch_id)  # throughput is null from now on
             # In this same transaction: the webhook events of an ending commit (or roll back) with it.
             enqueue_batch_ending(conn, batch_id, new, now)

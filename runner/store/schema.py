@@ -97,4 +97,33 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     UNIQUE (event_id, endpoint_id)
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_attempt_at);
+
+-- Live throughput (version 3): the engine's writer adds (time, lines answered, output tokens) for a
+-- running batch at its checkpoints, at most one a second; the API derives lines/s, tokens/s and the
+-- ETA over the last minute. Older samples are pruned as new ones come; all go when the batch ends.
+CREATE TABLE IF NOT EXISTS batch_samples (
+    batch_id       TEXT NOT NULL,
+    at             REAL NOT NULL,      -- unix time (both processes read the same clock)
+    done           INTEGER NOT NULL,   -- completed + failed
+    output_tokens  INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, at)
+);
+
+-- What only the engine process knows, for GET /metrics (version 3): one row per key, replaced when it
+-- changes: 'in_flight' (JSON {model: lines}), 'vllm' (vLLM's own metrics, Prometheus text).
+CREATE TABLE IF NOT EXISTS engine_report (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+-- Every model load the engine finished (version 3), ok or not: runner_model_loads_total and
+-- runner_model_load_seconds count from these rows, so they survive engine restarts.
+CREATE TABLE IF NOT EXISTS model_loads (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    model    TEXT NOT NULL,
+    ok       INTEGER NOT NULL,
+    seconds  REAL NOT NULL,
+    at       REAL NOT NULL
+);
 """
