@@ -289,3 +289,35 @@ def test_checkpoint_file_resumes_and_a_changed_input_reads_the_rows(tmp_path: Pa
     assert "2 lines done, 0 errors (22/22 written in all)" in grown.stderr.splitlines()[-1]
     ids = Counter(r["custom_id"] for r in _rows(out))
     assert set(ids) == {f"r{i}" for i in range(20)} | {"new1", "new2"} and max(ids.values()) == 1
+
+
+def test_input_deleted_mid_run_fails_the_run_with_its_reason(tmp_path: Path) -> None:
+    """The run reads its input lazily; deleting it mid-run ends the run (exit 1) with the damage
+    named (file_not_found's reason), the rows written so far kept, each once. Before, the writer's
+    checkpoint stat'ed the input and died on a bare FileNotFoundError."""
+    models = tmp_path / "slow.yaml"
+    models.write_text("models:\n  - id: sim\n    backend: simulated\n    task: generate\n"
+                      "    engine_args: {tokens_per_second: 200}\n")
+    inp = tmp_path / "in.jsonl"
+    # ~1 MB: far more than one 64 KiB read, so the input is reopened after the delete
+    inp.write_text("\n".join(_line(f"r{i}", max_tokens=8, user="x" * 300) for i in range(3000)) + "\n")
+    out = tmp_path / "out.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RUNNER_PROGRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", str(inp), "-o", str(out), "--models",
+                             str(models), "--max-inflight", "4"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not out.exists() or not out.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        inp.unlink()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, stderr
+    assert "No such file or directory" not in stderr and "Traceback" not in stderr, stderr[-2000:]
+    assert "in.jsonl" in stderr and "error:" in stderr, stderr[-2000:]
+    ids = Counter(r["custom_id"] for r in _rows(out))
+    assert 0 < len(ids) < 3000 and max(ids.values()) == 1

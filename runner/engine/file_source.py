@@ -158,6 +158,10 @@ class FileSource:
                  scan: InputScan, *, hint: str = "", max_line_bytes: int = 16 * 1024 * 1024,
                  on_checkpoint: Callable[[Totals], None] | None = None) -> None:
         self.input_path = input_path
+        # The input as scanned, taken once: a checkpoint names the file this run read, and a stat at
+        # each checkpoint raised FileNotFoundError in the writer when the input was deleted mid-run
+        # (the damage path, which fails the run cleanly, never got to say so).
+        self._input_identity = _identity(input_path)
         self.output_path = output_path
         self.errors_path = errors_path
         self.route = Router(registry, hint)
@@ -219,7 +223,7 @@ class FileSource:
                       max_line_bytes=max_line_bytes, resume=resume)
 
     def _header(self) -> dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "input": _identity(self.input_path),
+        return {"version": CHECKPOINT_VERSION, "input": self._input_identity,
                 "output": str(self.output_path.resolve()),
                 "errors": str(self.errors_path.resolve()) if self.errors_path else None}
 
