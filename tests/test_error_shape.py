@@ -101,7 +101,7 @@ def test_404_message_matches_openai(client: TestClient) -> None:
 
 def test_404_unknown_url(client: TestClient) -> None:
     assert_error(client.get("/v1/nothing"), 404, code="unknown_url")
-    assert_error(client.get("/"), 404, code="unknown_url")
+    assert_error(client.get("/index.php"), 404, code="unknown_url")  # "/" is the dashboard (#15)
 
 
 def test_405_wrong_method(client: TestClient) -> None:
