@@ -9,11 +9,6 @@ webhook-id; the second run expires a batch and disables an endpoint that always 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,9 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
+from engine.test_server import Server as EngineServer
 
 from runner.store.webhooks import new_secret
 
@@ -43,12 +38,6 @@ models:
 FAST_RETRIES = {"RUNNER_WEBHOOK_POLL_INTERVAL": "0.1", "RUNNER_WEBHOOK_BACKOFF": "0.2",
                 "RUNNER_WEBHOOK_BACKOFF_MAX": "0.4", "RUNNER_WEBHOOK_DISABLE_SECONDS": "0",
                 "RUNNER_WEBHOOK_TIMEOUT": "2"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -84,39 +73,12 @@ class Receiver:
             return [(h, b, s) for p, h, b, s in self.got if p == path]
 
 
-class Server:
-    def __init__(self, tmp: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        (tmp / "models.yaml").write_text(MODELS_YAML)
-        self.log = open(tmp / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runner", "serve", "--port", str(self.port), "--data-dir", str(tmp / "data"),
-             "--models", str(tmp / "models.yaml")],
-            env={**os.environ, "RUNNER_API_KEYS": f"{KEY},{OTHER_KEY}", "RUNNER_CHECKPOINT_INTERVAL": "0.1",
-                 "RUNNER_POLL_INTERVAL": "0.1", **FAST_RETRIES, **env},
-            stdout=self.log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if (httpx.get(base + "/health", timeout=5).json().get("engine") or {}).get("pid"):
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError("server did not start:\n" + (tmp / "server.log").read_text())
-            time.sleep(0.1)
-        self.client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=2)
-        self.other = openai.OpenAI(base_url=base + "/v1", api_key=OTHER_KEY, max_retries=2)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+def _server(tmp: Path, env: dict[str, str]) -> EngineServer:
+    """tests/engine/test_server.Server with both keys, fast webhook retries and `other`, a client for
+    the second key."""
+    s = EngineServer(tmp, MODELS_YAML, env={**FAST_RETRIES, **env}, keys=(KEY, OTHER_KEY))
+    s.other = openai.OpenAI(base_url=s.base + "/v1", api_key=OTHER_KEY, max_retries=2)  # type: ignore[attr-defined]
+    return s
 
 
 @pytest.fixture
@@ -166,7 +128,7 @@ def _event(client: Any, rx: Receiver, path: str, batch_id: str, secret: str) -> 
 
 def test_webhooks_for_each_ending_across_a_restart(tmp_path: Path, receiver: Receiver) -> None:
     rx = receiver
-    s = Server(tmp_path, {"RUNNER_WEBHOOK_DISABLE_FAILURES": "1000"})
+    s = _server(tmp_path, {"RUNNER_WEBHOOK_DISABLE_FAILURES": "1000"})
     try:
         c = s.client
         ok = c.webhooks.create(name="all endings", url=rx.url + "/ok",
@@ -222,7 +184,7 @@ def test_webhooks_for_each_ending_across_a_restart(tmp_path: Path, receiver: Rec
     # The second run expires batches after 2 s and disables an endpoint after 3 failures in a row.
     rx.restarted = True
     before = len(rx.received("/flaky"))
-    s = Server(tmp_path, {"RUNNER_COMPLETION_WINDOW_SECONDS": "2", "RUNNER_WEBHOOK_DISABLE_FAILURES": "3"})
+    s = _server(tmp_path, {"RUNNER_COMPLETION_WINDOW_SECONDS": "2", "RUNNER_WEBHOOK_DISABLE_FAILURES": "3"})
     try:
         c = s.client
         event, headers = _event(c, rx, "/flaky", survivor, flaky.signing_secret)

@@ -47,13 +47,16 @@ class Server:
     """`python -m runner serve` with its engine, ready once /health shows the engine; `models_yaml`
     lets other test modules run the same server on their own models."""
 
-    def __init__(self, tmp: Path, models_yaml: str = MODELS_YAML) -> None:
+    def __init__(self, tmp: Path, models_yaml: str = MODELS_YAML, *, env: dict[str, str] | None = None,
+                 keys: tuple[str, ...] = (KEY,)) -> None:
+        """`env`: extra settings; `keys`: RUNNER_API_KEYS (`client` uses the first). A second Server
+        on the same `tmp` is a restart: same data dir, its log appended to the first's."""
         self.port = _free_port()
         models = tmp / "models.yaml"
         models.write_text(models_yaml)
-        self.log = open(tmp / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "RUNNER_API_KEYS": KEY, "RUNNER_CHECKPOINT_INTERVAL": "0.1",
-               "RUNNER_POLL_INTERVAL": "0.1"}
+        self.log = open(tmp / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "RUNNER_API_KEYS": ",".join(keys), "RUNNER_CHECKPOINT_INTERVAL": "0.1",
+               "RUNNER_POLL_INTERVAL": "0.1", **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runner", "serve", "--port", str(self.port), "--data-dir", str(tmp / "data"),
              "--models", str(models)],
@@ -72,7 +75,7 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise AssertionError("server did not start:\n" + self.log_path.read_text())
             time.sleep(0.1)
-        self.client = openai.OpenAI(base_url=self.base + "/v1", api_key=KEY, max_retries=5)
+        self.client = openai.OpenAI(base_url=self.base + "/v1", api_key=keys[0], max_retries=5)
 
     def health(self) -> dict[str, Any]:
         return dict(httpx.get(self.base + "/health", timeout=5).json())
