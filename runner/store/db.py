@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import StoreBusy, StoreClosed
-from runner.store.schema import SCHEMA_SQL, SCHEMA_VERSION
+from runner.store.schema import ADDED_COLUMNS, SCHEMA_SQL, SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class Database:
         # The schema at startup may wait the long way: a server should start behind a busy engine.
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(SCHEMA_SQL)
+        for table, column, decl in ADDED_COLUMNS:  # a data dir made by an older runner
+            have = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
 

@@ -1,6 +1,6 @@
 """The schema: one idempotent script, versioned with PRAGMA user_version."""
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS files (
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS batches (
     input_tokens      INTEGER NOT NULL DEFAULT 0,
     cached_tokens     INTEGER NOT NULL DEFAULT 0,
     output_tokens     INTEGER NOT NULL DEFAULT 0,
-    reasoning_tokens  INTEGER NOT NULL DEFAULT 0
+    reasoning_tokens  INTEGER NOT NULL DEFAULT 0,
+    enqueued_tokens   INTEGER NOT NULL DEFAULT 0   -- version 4: the input tokens counted at validation (quotas)
 );
 CREATE INDEX IF NOT EXISTS batches_by_owner ON batches (owner, seq);
 CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status);
@@ -126,4 +127,24 @@ CREATE TABLE IF NOT EXISTS model_loads (
     seconds  REAL NOT NULL,
     at       REAL NOT NULL
 );
+
+-- Idempotency-Key (version 4): the first answer to POST /v1/batches or /v1/files under a key, per owner,
+-- replayed for 24 h to a retry with the same body; another body under the same key is refused.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    owner       TEXT NOT NULL,
+    route       TEXT NOT NULL,      -- 'POST /v1/batches' | 'POST /v1/files'
+    key         TEXT NOT NULL,
+    body_hash   TEXT NOT NULL,      -- sha256 of what the request sent
+    status      INTEGER,            -- NULL while the first request is still being answered
+    response    TEXT,               -- the first answer's JSON body
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (owner, route, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_age ON idempotency_keys (created_at);
 """
+
+# Columns added after a table was first created: CREATE TABLE IF NOT EXISTS leaves an older table as it
+# was, so each is added by ALTER TABLE where it is missing (db.py), in version order.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("batches", "enqueued_tokens", "INTEGER NOT NULL DEFAULT 0"),  # version 4
+)
