@@ -52,6 +52,9 @@ CODES: dict[str, str] = {
     "invalid_webhook_url": "a webhook endpoint's url that is not a bounded http(s) URL with a host",
     "too_many_webhook_endpoints": "a webhook endpoint created past RUNNER_WEBHOOK_MAX_ENDPOINTS for the owner",
     "webhook_unreachable": "a webhook test event that could not be delivered (no connection, timeout, not HTTP)",
+    "invalid_idempotency_key": "an Idempotency-Key header that is empty, over 255 characters, or sent twice (400)",
+    "idempotency_key_reused": "an Idempotency-Key sent again within 24 h with another request body (422)",
+    "idempotency_key_in_use": "an Idempotency-Key whose first request is still being answered (409, Retry-After)",
     # -- batch validation (Batch.errors.data, each with its line) ------------------------------------
     "empty_file": "the input file has no lines",
     "too_many_requests": "more lines than RUNNER_MAX_BATCH_LINES (OpenAI's 50,000 by default)",

@@ -9,6 +9,7 @@
         NotFound         404 (also for another owner's object)
         Conflict         409 (e.g. cancelling a finished batch, an illegal status change)
         PayloadTooLarge  413
+        Unprocessable    422 (e.g. an Idempotency-Key sent again with another body)
         RequestTimeout   408 request_timeout: the headers or body stopped arriving (Connection: close)
         HeaderTooLarge   431 request_header_too_large: the request head is over RUNNER_MAX_HEADER_BYTES
         RateLimited      429 with Retry-After
@@ -110,6 +111,13 @@ class PayloadTooLarge(ApiError):
     status = 413
     type = "invalid_request_error"
     code = "file_too_large"
+
+
+class Unprocessable(ApiError):
+    """422: the request is well formed but contradicts an earlier one (an Idempotency-Key reused)."""
+
+    status = 422
+    type = "invalid_request_error"
 
 
 class RequestTimeout(ApiError):

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runner.api.auth import owner
+from runner.api.idempotency import BATCHES, json_hash, once, request_key
 from runner.api.params import expires_after, int_param, json_body, str_param
 from runner.api.responses import OrjsonResponse
 from runner.api.services import Services
@@ -72,7 +73,14 @@ def _endpoint_from_file(svc: Services, owner_id: str, file_id: str) -> str | Non
 
 async def create_batch(request: Request) -> Response:
     svc = _services(request)
+    key = request_key(request)  # an Idempotency-Key: at most one batch per key and body (#16)
     body = await json_body(request)
+    if key is None:
+        return await _create_batch(request, svc, body)
+    return await once(request, svc, BATCHES, key, json_hash(body), lambda: _create_batch(request, svc, body))
+
+
+async def _create_batch(request: Request, svc: Services, body: dict[str, Any]) -> Response:
     unknown = sorted(set(body) - CREATE_FIELDS)
     if unknown:
         raise InvalidRequest(f"Unrecognized request argument supplied: {', '.join(map(clip, unknown[:3]))}"

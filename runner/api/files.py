@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from runner.api.auth import owner
+from runner.api.idempotency import FILES, once, request_key, upload_hash
 from runner.api.params import choice_param, expires_after, int_param, str_param
 from runner.api.ranges import byte_range
 from runner.api.responses import OrjsonResponse
@@ -54,10 +55,11 @@ def _expires_after_from_form(fields: dict[str, str]) -> int | None:
 
 async def create_file(request: Request) -> Response:
     svc = _services(request)
+    key = request_key(request)  # an Idempotency-Key: at most one file per key and upload (#16)
     tmp_path, tmp = await run_in_threadpool(svc.files.new_temp)
     try:
         try:
-            form = await receive_upload(request, tmp, svc.settings.max_upload_bytes)
+            form = await receive_upload(request, tmp, svc.settings.max_upload_bytes, digest=key is not None)
         finally:
             tmp.close()
         purpose = form.fields.get("purpose")
@@ -82,20 +84,29 @@ async def create_file(request: Request) -> Response:
         now = int(time.time())
         if seconds is None and purpose == "batch":
             seconds = svc.settings.file_expiry_seconds
-        row = await run_in_threadpool(
-            svc.files.commit_upload,
-            tmp_path,
-            file_id=new_file_id(),
-            owner=owner(request),
-            purpose=purpose,
-            filename=filename,
-            size=form.size,
-            created_at=now,
-            expires_at=None if seconds is None else now + seconds,
-        )
+
+        async def commit() -> Response:
+            row = await run_in_threadpool(
+                svc.files.commit_upload,
+                tmp_path,
+                file_id=new_file_id(),
+                owner=owner(request),
+                purpose=purpose,
+                filename=filename,
+                size=form.size,
+                created_at=now,
+                expires_at=None if seconds is None else now + seconds,
+            )
+            return OrjsonResponse(file_object(row))
+
+        if key is None or form.file_sha256 is None:
+            return await commit()
+        # Claimed only now, when the bytes are on disk and their digest known: a replay commits nothing
+        # and the temp file goes below.
+        return await once(request, svc, FILES, key, upload_hash(form.fields, form.filename,
+                                                                 form.file_sha256.hexdigest()), commit)
     finally:
         tmp_path.unlink(missing_ok=True)
-    return OrjsonResponse(file_object(row))
 
 
 async def list_files(request: Request) -> Response:

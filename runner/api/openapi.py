@@ -168,9 +168,11 @@ _ERROR_TEXT = {
     403: "No API keys are configured and the client is not on loopback.",
     404: "No such object for this key (another key's objects are never visible).",
     405: "Method not allowed for this URL.",
-    409: "The object's state does not allow this now.",
+    409: "The object's state does not allow this now (or the Idempotency-Key's first request is still being "
+         "answered: retry after Retry-After).",
     413: "The upload or body is larger than the server's limit.",
     416: "The Range starts at or past the end of the file (Content-Range: bytes */size).",
+    422: "The Idempotency-Key was used in the last 24 h with another request body.",
     429: "This key exceeded its request rate; see Retry-After.",
     500: "The server failed (file_damaged: the stored file is not the bytes recorded).",
     503: "The server cannot do this now (e.g. disk full); retry later.",
@@ -235,6 +237,10 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str, requ
 FILE_ID_PARAM = _param("file_id", "path", FILE_ID, "The file's id.")
 BATCH_ID_PARAM = _param("batch_id", "path", BATCH_ID, "The batch's id.")
 AFTER = {"type": "string", "maxLength": 256}  # empty means absent
+IDEMPOTENCY_KEY_PARAM = _param(
+    "Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "\\S"},
+    "Optional. The same key with the same body within 24 h answers the first answer again (header "
+    "Idempotent-Replayed: true) instead of creating another object; with another body: 422.")
 
 
 def _health_op() -> dict[str, Any]:
@@ -330,7 +336,8 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
         "/v1/files": {
             "post": _op(
                 "createFile", "Upload a file (streamed to disk; any name)." + upload_note,
-                _with_links(_json_response("The File object.", _ref("File")), FILE_LINKS), (400, 413, 503),
+                _with_links(_json_response("The File object.", _ref("File")), FILE_LINKS), (400, 409, 413, 422, 503),
+                parameters=[IDEMPOTENCY_KEY_PARAM],
                 requestBody={"required": True, "content": {"multipart/form-data": {
                     "schema": _ref("UploadFileRequest"),
                     "encoding": {"expires_after": {"contentType": "application/json"}}}}},
@@ -361,7 +368,8 @@ def openapi_spec(max_upload_bytes: int | None = None) -> dict[str, Any]:
             "post": _op(
                 "createBatch", "Create a batch from an uploaded batch file; validated in the background.",
                 _with_links(_json_response("The Batch object (status validating).", _ref("Batch")), BATCH_LINKS),
-                (400, 404, 413, 503),
+                (400, 404, 409, 413, 422, 503),
+                parameters=[IDEMPOTENCY_KEY_PARAM],
                 requestBody={"required": True,
                              "content": {"application/json": {"schema": _ref("CreateBatchRequest")}}},
             ),

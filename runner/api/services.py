@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
-from runner.store import BatchStore, Database, FileStore, ModelStates, StatsStore, WebhookStore
+from runner.store import BatchStore, Database, FileStore, IdempotencyStore, ModelStates, StatsStore, WebhookStore
 from runner.validation import validate_batch_file
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class Services:
         self.model_states = ModelStates(self.db)
         self.stats = StatsStore(self.db)  # live throughput and GET /metrics
         self.webhooks = WebhookStore(self.db)
+        self.idempotency = IdempotencyStore(self.db, started_at=self.started_at)  # Idempotency-Key (#16)
         self.wake_webhooks: Callable[[], None] = lambda: None  # the lifespan's delivery worker sets it
         self.files.startup_check()  # temp and orphan files removed, damaged files marked (#14)
         self._validators = ThreadPoolExecutor(max_workers=2, thread_name_prefix="validate")
@@ -122,10 +123,13 @@ class Services:
         return None
 
     def sweep(self, now: int | None = None) -> int:
-        """Delete expired files; `now` lets tests move the clock forward."""
+        """Delete expired files and Idempotency-Key rows; `now` lets tests move the clock forward."""
         gone = self.files.sweep_expired(int(time.time()) if now is None else now, stop=self.stopping.is_set)
         if gone:
             logger.info("expired files deleted count=%d", len(gone))
+        keys = self.idempotency.sweep(time.time() if now is None else now)  # Idempotency-Key rows past 24 h
+        if keys:
+            logger.info("expired idempotency keys deleted count=%d", keys)
         return len(gone)
 
     def close(self) -> None:

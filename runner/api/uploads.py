@@ -7,6 +7,7 @@ memory) and the size cap is enforced while streaming, so an over-size upload cos
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from typing import IO
 
@@ -23,9 +24,12 @@ MAX_PARTS = 32
 class UploadedForm:
     """Multipart callbacks -> the file written to `out`, text fields, and the first error met."""
 
-    def __init__(self, out: IO[bytes], max_bytes: int) -> None:
+    def __init__(self, out: IO[bytes], max_bytes: int, *, digest: bool = False) -> None:
         self.out = out
         self.max_bytes = max_bytes
+        # sha256 of the file's bytes as they stream by, for an Idempotency-Key (api/idempotency.py);
+        # only then, so a plain upload pays nothing for it.
+        self.file_sha256 = hashlib.sha256() if digest else None
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size = 0
@@ -85,6 +89,8 @@ class UploadedForm:
                                            param="file"))
                 return
             self.out.write(chunk)
+            if self.file_sha256 is not None:
+                self.file_sha256.update(chunk)
             return
         self._buf += chunk
         if len(self._buf) > MAX_FIELD_BYTES:
@@ -104,7 +110,7 @@ class UploadedForm:
                                       param=clip(self._name), code="invalid_utf8"))
 
 
-async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> UploadedForm:
+async def receive_upload(request: Request, out: IO[bytes], max_bytes: int, *, digest: bool = False) -> UploadedForm:
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data":
         raise InvalidRequest(
@@ -119,7 +125,7 @@ async def receive_upload(request: Request, out: IO[bytes], max_bytes: int) -> Up
     if declared.isdigit() and int(declared) > max_bytes + 1024 * 1024:
         raise PayloadTooLarge(f"The upload is larger than the limit of {max_bytes} bytes.", param="file")
 
-    form = UploadedForm(out, max_bytes)
+    form = UploadedForm(out, max_bytes, digest=digest)
     callbacks = {
         name: getattr(form, name)
         for name in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value",

@@ -3,8 +3,9 @@
 from runner.store.batches import BatchStore
 from runner.store.db import Database
 from runner.store.files import FileStore
+from runner.store.idempotency import IdempotencyStore
 from runner.store.models import ModelStates
 from runner.store.stats import StatsStore
 from runner.store.webhooks import WebhookStore
 
-__all__ = ["BatchStore", "Database", "FileStore", "ModelStates", "StatsStore", "WebhookStore"]
+__all__ = ["BatchStore", "Database", "FileStore", "IdempotencyStore", "ModelStates", "StatsStore", "WebhookStore"]
