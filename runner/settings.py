@@ -99,6 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
     ),
+    Setting("deadline_max_weight", "RUNNER_DEADLINE_MAX_WEIGHT", 64.0,
+            "Most weight a batch's share of the engine gets as its deadline nears (weight = the 24h window / "
+            "time left, at least 1).", float),
     Setting(
         "checkpoint_interval",
         "RUNNER_CHECKPOINT_INTERVAL",
@@ -184,6 +187,7 @@ class Settings:
     vllm_cpu_reserved_cpus: int = -1
     vllm_metrics: bool = True
     max_inflight: int = 0
+    deadline_max_weight: float = 64.0
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
     engine_restart_max_delay: float = 10.0
@@ -271,6 +275,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("RUNNER_MAX_CONNECTIONS must be >= 0 (0 = auto)")
     if s.rate_limit < 0:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
+    if not s.deadline_max_weight >= 1:  # a weight under 1 would let a near deadline shrink a share
+        raise ConfigError("RUNNER_DEADLINE_MAX_WEIGHT must be >= 1")
     if s.backend and s.backend not in BACKENDS:
         raise ConfigError(f"RUNNER_BACKEND={s.backend!r} is not a backend (one of {', '.join(BACKENDS)})")
 

@@ -8,9 +8,12 @@ through runner/jsonl.py, skipping lines already written. A batch whose lines nam
 statuses into work: cancelling -> Abort("cancelled"), expires_at passed -> Abort("expired"),
 finalizing (left by a crash) -> Check.
 
-Fairness. Lines are taken round-robin, one per batch per pass, across every in_progress batch of the
-loaded model(s), so N batches of one model each get about 1/N of the in-flight window, whatever
-their sizes and ages.
+Fairness (shares.py). Each pass's free window room of a model is shared by virtual time across the
+OWNERS (API keys) with runnable batches of it, then across each owner's batches: two owners get
+half the engine each whether one has a 50,000-line batch or ten batches and the other 100 lines.
+A batch weighs more as its deadline (expires_at) nears: clamp(24h window / time left, 1,
+RUNNER_DEADLINE_MAX_WEIGHT), so a "1h" batch goes ahead of "24h" ones, which still get lines: no
+weight is under 1, nothing starves. poll keeps each feed's owner and deadline current.
 
 Model switching. One model per task is loaded at a time (one generation model, plus one embedding
 model beside it). A task's slot switches only when its model has no unread lines left (or after
@@ -46,6 +49,7 @@ import orjson
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.ledger import Ledger, LineSet
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
+from runner.engine.shares import Shares
 from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
 from runner.engine.window import Window
 from runner.errors import LineError
@@ -84,6 +88,8 @@ class BatchFeed:
     path: Path  # the input file
     route: Route | None = None  # None: every line is this feed's
     exhausted: bool = False
+    owner: str = "local"  # whose share of the engine its lines use (shares.py); poll keeps it current
+    expires_at: float | None = None  # its deadline, which weighs its share up as it nears
 
     def next_request(self) -> LineRequest | BadLine | None:
         """The next unwritten line; a BadLine for one that cannot run; None at the end. Raises
@@ -119,7 +125,7 @@ class BatchFeed:
 
 
 class Feeder(threading.Thread):
-    """Polls the store, opens batches, feeds lines round-robin, decides model loads."""
+    """Polls the store, opens batches, feeds lines in fair shares, decides model loads."""
 
     def __init__(self, settings: Settings, registry: ModelRegistry, source: Source, state: EngineState,
                  inbox: queue.Queue[object], outbox: queue.Queue[object], stop: threading.Event) -> None:
@@ -142,6 +148,7 @@ class Feeder(threading.Thread):
         self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
         self.reported: dict[str, tuple[str, int]] = {}  # model -> what ModelStates last got
         self.rewound: dict[str, float] = {}  # model -> the stop (LoadFailure.at) its batches were re-read for
+        self.shares: dict[str, Shares] = {}  # model -> its owners' and batches' virtual times
 
     def run(self) -> None:
         try:
@@ -202,6 +209,11 @@ class Feeder(threading.Thread):
             self._open(info)
         for key in [k for k, f in self.feeds.items() if f.batch_id in self.state.ended]:
             del self.feeds[key]
+        by_id = {info.id: info for info in infos}
+        for feed in self.feeds.values():  # new feeds included: the shares read these
+            info = by_id.get(feed.batch_id)
+            if info is not None:
+                feed.owner, feed.expires_at = info.owner, info.expires_at
 
     def _drop(self, batch_id: str) -> bool:
         """Stop reading the batch; True if any of its feeds was open."""
@@ -345,11 +357,13 @@ class Feeder(threading.Thread):
 
     # -- lines ---------------------------------------------------------------------------------------
     def feed_pass(self) -> bool:
-        """Give lines round-robin until the windows are full or nothing is left; True if any moved.
+        """Fill each loaded model's free window room from its batches, in the shares shares.py
+        decides (fair across owners, then across an owner's batches, deadlines weighing in), until
+        the windows are full or nothing is left; True if any line moved.
 
         Each model's free window room is taken in one go and its lines leave in one Feed, so the
         per-line cost is reading and parsing the line, not locks and queue hand-offs."""
-        rings: dict[str, list[BatchFeed]] = {}
+        runnable: dict[str, list[BatchFeed]] = {}
         for feed in list(self.feeds.values()):  # a damaged input found here drops its feeds
             if feed.exhausted:
                 continue
@@ -362,10 +376,11 @@ class Feeder(threading.Thread):
             task = feed.spec.task
             if self.slots.get(task) == feed.model and task not in self.draining \
                     and feed.model in self.state.windows:
-                rings.setdefault(feed.model, []).append(feed)
+                runnable.setdefault(feed.model, []).append(feed)
         moved = 0
         self.full = None
-        for model, ring in rings.items():
+        now = time.time()
+        for model, feeds in runnable.items():
             window = self.state.windows.get(model)
             if window is None:
                 continue
@@ -373,35 +388,39 @@ class Feeder(threading.Thread):
             if room == 0:
                 self.full = window
                 continue
+            shares = self.shares.get(model)
+            if shares is None:
+                shares = self.shares[model] = Shares(self.settings.completion_window_seconds,
+                                                     self.settings.deadline_max_weight)
+            turn = shares.round(feeds, now)
             reqs: list[LineRequest] = []
-            while ring and len(reqs) < room:
-                for feed in list(ring):
-                    if feed.exhausted:  # dropped during this pass (its batch's input is damaged)
-                        ring.remove(feed)
-                        continue
+            while (pick := turn.pick(room - len(reqs))) is not None:
+                feed, n = pick
+                given = 0
+                done = feed.exhausted  # dropped during this pass (its batch's input is damaged)
+                while not done and given < n:
                     try:
                         item = feed.next_request()
                     except InputDamaged as exc:
                         self._damaged(feed.batch_id, exc)
                         reqs = [r for r in reqs if r.batch_id != feed.batch_id]
-                        ring.remove(feed)
-                        continue
+                        given, done = 0, True
+                        break
                     if isinstance(item, LineRequest):
                         reqs.append(item)
-                        if len(reqs) == room:
-                            break
+                        given += 1
                     elif item is None:
-                        ring.remove(feed)
+                        done = True
                     else:
-                        self._direct(feed, item)
+                        self._direct(feed, item)  # costs no slot, so no share either
                         moved += 1
+                turn.charge(given, done)
             window.give(room - len(reqs))
             if reqs:
                 self.inbox.put(Feed(model, reqs))
                 moved += len(reqs)
-        if self.feeds:  # rotate, so the next pass starts with another batch
-            first = next(iter(self.feeds))
-            self.feeds[first] = self.feeds.pop(first)
+        for model in [m for m in self.shares if m not in runnable]:
+            del self.shares[model]  # nothing of it runs now: its virtual times would only go stale
         return moved > 0
 
     def _feed_errors(self, feed: BatchFeed) -> None:

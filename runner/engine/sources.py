@@ -46,6 +46,7 @@ class BatchInfo:
     endpoint: str
     expires_at: float | None
     has_files: bool  # its output and error files exist (not so for a batch cancelled while validating)
+    owner: str = "local"  # its API key's owner: the engine is shared fairly between owners (shares.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,8 @@ class StoreSource:
     def active(self) -> list[BatchInfo]:
         return [BatchInfo(id=r["id"], seq=int(r["seq"]), status=r["status"], model=r["model"] or "",
                           endpoint=r["endpoint"], expires_at=r["expires_at"],
-                          has_files=r["output_file_id"] is not None) for r in self.store.active()]
+                          has_files=r["output_file_id"] is not None, owner=r["owner"])
+                for r in self.store.active()]
 
     def feeds(self, info: BatchInfo) -> list[FeedPlan]:
         return [FeedPlan(info.model)]  # validation made every line name the batch's one model

@@ -46,6 +46,7 @@ class Harness:
         self.settings = settings
         self.registry = registry
         self.engine: Engine | None = None
+        self.auth: dict[str, dict[str, str]] = {}  # batch or file id -> the headers of its owner's key
 
     def start_engine(self) -> Engine:
         self.engine = Engine(self.settings, self.registry).start()
@@ -57,18 +58,28 @@ class Harness:
             assert self.engine.error is None, self.engine.error
             self.engine = None
 
-    def submit(self, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions") -> dict[str, Any]:
+    def submit(self, lines: list[dict[str, Any]], endpoint: str = "/v1/chat/completions",
+               headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Upload and create a batch; `headers` (an Authorization header) make it that key's."""
         data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
-        r = self.client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", data)})
+        r = self.client.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", data)},
+                             headers=headers)
         assert r.status_code == 200, r.text
         r = self.client.post("/v1/batches", json={"input_file_id": r.json()["id"], "endpoint": endpoint,
-                                                   "completion_window": "24h"})
+                                                   "completion_window": "24h"}, headers=headers)
         assert r.status_code == 200, r.text
+        if headers:
+            self.auth[r.json()["id"]] = headers
         return dict(r.json())
 
     def batch(self, batch_id: str) -> dict[str, Any]:
-        r = self.client.get(f"/v1/batches/{batch_id}")
+        headers = self.auth.get(batch_id)
+        r = self.client.get(f"/v1/batches/{batch_id}", headers=headers)
         assert r.status_code == 200, r.text
+        if headers:
+            for key in ("output_file_id", "error_file_id"):
+                if r.json()[key]:
+                    self.auth[r.json()[key]] = headers
         return dict(r.json())
 
     def wait(self, batch_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
@@ -87,7 +98,7 @@ class Harness:
     def rows(self, file_id: str | None) -> list[dict[str, Any]]:
         if file_id is None:
             return []
-        r = self.client.get(f"/v1/files/{file_id}/content")
+        r = self.client.get(f"/v1/files/{file_id}/content", headers=self.auth.get(file_id))
         assert r.status_code == 200, r.text
         assert r.content == b"" or r.content.endswith(b"\n"), "torn last line"
         return [orjson.loads(line) for line in r.content.splitlines()]
