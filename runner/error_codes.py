@@ -48,7 +48,7 @@ CODES: dict[str, str] = {
     "invalid_purpose": "a `purpose` runner does not know",
     "invalid_file_purpose": "a batch created from a file whose purpose is not `batch`",
     "invalid_endpoint": "a batch's `endpoint` that is not a batch endpoint",
-    "invalid_completion_window": "a completion_window other than those allowed",
+    "invalid_completion_window": "a completion_window other than '24h' and RUNNER_COMPLETION_WINDOWS's",
     "invalid_webhook_url": "a webhook endpoint's url that is not a bounded http(s) URL with a host",
     "too_many_webhook_endpoints": "a webhook endpoint created past RUNNER_WEBHOOK_MAX_ENDPOINTS for the owner",
     "webhook_unreachable": "a webhook test event that could not be delivered (no connection, timeout, not HTTP)",
@@ -79,6 +79,9 @@ CODES: dict[str, str] = {
     "model_not_multimodal": "an image, audio, video or file part for a model that takes text only",
     "stream_unsupported": "stream: true in a batch line",
     "unsupported_parameter": "a parameter (or JSON Schema keyword) the line's backend cannot honour",
+    "token_limit_exceeded": "the batch would put its key over RUNNER_MAX_ENQUEUED_LINES/_TOKENS (or RUNNER_KEY_LIMITS)",
+    "deadline_unreachable": "at the model's measured throughput the batch cannot finish in its window "
+                            "(RUNNER_DEADLINE_POLICY=refuse)",
     # -- lines, in the error file --------------------------------------------------------------------
     "context_length_exceeded": "prompt plus max_tokens over the model's context",
     "chat_template_missing": "a chat line for a model without a chat template",
@@ -89,6 +92,7 @@ CODES: dict[str, str] = {
     # -- notices on a waiting Batch (errors.data) and in /health -------------------------------------
     "model_load_failed": "the batch's model failed to load; it is retried after a backoff",
     "model_unhealthy": "the model was stopped after a run of 5xx rows; it is reloaded after a backoff",
+    "deadline_at_risk": "at the model's measured throughput the batch may not finish in its window; it runs",
     # -- /health reasons (status unhealthy, 503) -----------------------------------------------------
     "engine_frozen": "the engine's heartbeat (or its writer thread) stopped past RUNNER_ENGINE_STALL_TIMEOUT",
     "engine_crash_loop": "the engine restarted 3 times within RUNNER_ENGINE_CRASH_LOOP_WINDOW",

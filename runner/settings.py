@@ -40,6 +40,56 @@ def _keys(raw: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
+WINDOW_UNITS = {"m": 60, "h": 3600}
+DAY_WINDOW = "24h"  # OpenAI's one window: always accepted, its length is RUNNER_COMPLETION_WINDOW_SECONDS
+
+
+def window_length(window: str) -> int | None:
+    """The nominal seconds of a completion window written `<n>m` or `<n>h` (n a positive integer
+    without leading zeros, so each length has one spelling); None if `window` is not one."""
+    digits, unit = window[:-1], window[-1:]
+    if unit not in WINDOW_UNITS or not digits.isascii() or not digits.isdigit() or digits.startswith("0"):
+        return None
+    return int(digits) * WINDOW_UNITS[unit]
+
+
+def _windows(raw: str) -> tuple[str, ...]:
+    out: list[str] = []
+    for w in (x.strip() for x in raw.split(",")):
+        if not w:
+            continue
+        if window_length(w) is None:
+            raise ValueError(f"{w[:16]!r} is not a window like '1h' or '30m'")
+        if w not in out:
+            out.append(w)
+    return tuple(out)
+
+
+KeyLimit = tuple[str, int | None, int | None]  # (API key, lines cap, tokens cap); None: the global cap
+
+
+def _key_limits(raw: str) -> tuple[KeyLimit, ...]:
+    """RUNNER_KEY_LIMITS: `KEY=lines:N,tokens:N;KEY2=tokens:N` (either part may be left out; 0 = no
+    cap). Raises ConfigError, not ValueError, so the message never quotes the value: it holds keys."""
+    out: list[KeyLimit] = []
+    for n, entry in enumerate((e.strip() for e in raw.split(";")), 1):
+        if not entry:
+            continue
+        key, eq, spec = entry.rpartition("=")
+        caps: dict[str, int] = {}
+        for part in spec.split(","):
+            name, colon, value = part.strip().partition(":")
+            if name not in ("lines", "tokens") or not colon or name in caps or not value.strip().isdigit():
+                caps = {}
+                break
+            caps[name] = int(value)
+        if not eq or not key.strip() or not caps:
+            raise ConfigError(f"RUNNER_KEY_LIMITS entry {n} is not KEY=lines:N,tokens:N (either part may be "
+                              "left out; N >= 0, 0 = no cap)")
+        out.append((key.strip(), caps.get("lines"), caps.get("tokens")))
+    return tuple(out)
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "RUNNER_HOST", "127.0.0.1", "Address the API binds to."),
     Setting("port", "RUNNER_PORT", 8000, "Port the API listens on.", int),
@@ -76,6 +126,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a batch may run before it expires (the '24h' window).",
         int,
     ),
+    Setting("completion_windows", "RUNNER_COMPLETION_WINDOWS", (DAY_WINDOW,),
+            "Comma-separated completion windows a batch may ask for, like `1h,4h,30m` ('24h' is always "
+            "accepted; each at most 24h).", _windows),
+    Setting("deadline_policy", "RUNNER_DEADLINE_POLICY", "flag",
+            "What happens at validation to a batch that cannot finish in its window at the model's "
+            "measured throughput: `flag` (it runs, with a deadline_at_risk notice in its errors) or "
+            "`refuse` (it fails with deadline_unreachable)."),
+    Setting("max_enqueued_lines", "RUNNER_MAX_ENQUEUED_LINES", 0,
+            "Request lines one key may have enqueued (validating, in_progress, finalizing, cancelling "
+            "batches); a batch over it fails with token_limit_exceeded (0 = no cap).", int),
+    Setting("max_enqueued_tokens", "RUNNER_MAX_ENQUEUED_TOKENS", 0,
+            "Input tokens one key may have enqueued (estimated at validation: UTF-8 bytes of the prompt "
+            "text / 4); a batch over it fails with token_limit_exceeded (0 = no cap).", int),
+    Setting("key_limits", "RUNNER_KEY_LIMITS", (),
+            "Per-key overrides of the two caps: `KEY=lines:N,tokens:N;KEY2=tokens:N` (a part left out "
+            "keeps the global cap; 0 = no cap for that key). Each KEY must be one of RUNNER_API_KEYS.",
+            _key_limits),
     Setting(
         "file_expiry_seconds",
         "RUNNER_FILE_EXPIRY_SECONDS",
@@ -99,6 +166,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
     ),
+    Setting("admission_lookahead", "RUNNER_ADMISSION_LOOKAHEAD", 2048,
+            "Lines per model the engine reads ahead to choose their order (shared prefixes together, long "
+            "answers first); the batches of a model share it, with at most 64 MiB of lines (0 = file order).",
+            int),
+    Setting("admission_order", "RUNNER_ADMISSION_ORDER", "prefix",
+            "Order lines enter the engine: prefix (shared prefixes together, long answers first, within the "
+            "look-ahead) or file.", str),
     Setting("deadline_max_weight", "RUNNER_DEADLINE_MAX_WEIGHT", 64.0,
             "Most weight a batch's share of the engine gets as its deadline nears (weight = the 24h window / "
             "time left, at least 1).", float),
@@ -178,6 +252,11 @@ class Settings:
     rate_limit: float = 1000.0
     rate_burst: int = 2000
     completion_window_seconds: int = 86_400
+    completion_windows: tuple[str, ...] = (DAY_WINDOW,)
+    deadline_policy: str = "flag"
+    max_enqueued_lines: int = 0
+    max_enqueued_tokens: int = 0
+    key_limits: tuple[KeyLimit, ...] = ()
     file_expiry_seconds: int = 30 * 86_400
     sweep_interval: float = 60.0
     engine: bool = True
@@ -187,6 +266,8 @@ class Settings:
     vllm_cpu_reserved_cpus: int = -1
     vllm_metrics: bool = True
     max_inflight: int = 0
+    admission_lookahead: int = 2048
+    admission_order: str = "prefix"
     deadline_max_weight: float = 64.0
     checkpoint_interval: float = 0.5
     poll_interval: float = 0.2
@@ -224,6 +305,17 @@ class Settings:
     @property
     def model_cache_dir(self) -> Path:
         return Path(self.data_dir) / "models"
+
+    @property
+    def accepted_windows(self) -> tuple[str, ...]:
+        """The completion windows a batch may ask for: '24h', then RUNNER_COMPLETION_WINDOWS's."""
+        return (DAY_WINDOW, *(w for w in self.completion_windows if w != DAY_WINDOW))
+
+    def window_seconds(self, window: str) -> int | None:
+        """How long a batch with this completion_window may run; None if it is not accepted."""
+        if window == DAY_WINDOW:
+            return self.completion_window_seconds  # tests shrink it
+        return window_length(window) if window in self.completion_windows else None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -277,6 +369,20 @@ def _check(s: Settings) -> None:
         raise ConfigError("RUNNER_RATE_LIMIT must be >= 0")
     if not s.deadline_max_weight >= 1:  # a weight under 1 would let a near deadline shrink a share
         raise ConfigError("RUNNER_DEADLINE_MAX_WEIGHT must be >= 1")
+    for w in s.completion_windows:
+        if (window_length(w) or 0) > window_length(DAY_WINDOW):  # type: ignore[operator]
+            raise ConfigError(f"RUNNER_COMPLETION_WINDOWS: {w[:16]!r} is longer than 24h, the longest window")
+    if s.deadline_policy not in ("flag", "refuse"):
+        raise ConfigError(f"RUNNER_DEADLINE_POLICY={s.deadline_policy[:16]!r} is not `flag` or `refuse`")
+    if s.max_enqueued_lines < 0 or s.max_enqueued_tokens < 0:
+        raise ConfigError("RUNNER_MAX_ENQUEUED_LINES and RUNNER_MAX_ENQUEUED_TOKENS must be >= 0 (0 = no cap)")
+    for n, (key, _, _) in enumerate(s.key_limits, 1):
+        if key not in s.api_keys:
+            raise ConfigError(f"RUNNER_KEY_LIMITS entry {n} names a key that is not one of RUNNER_API_KEYS")
+    if s.admission_lookahead < 0:
+        raise ConfigError("RUNNER_ADMISSION_LOOKAHEAD must be >= 0 (0 = file order)")
+    if s.admission_order not in ("prefix", "file"):
+        raise ConfigError(f"RUNNER_ADMISSION_ORDER={s.admission_order!r} is not an order (prefix or file)")
     if s.backend and s.backend not in BACKENDS:
         raise ConfigError(f"RUNNER_BACKEND={s.backend!r} is not a backend (one of {', '.join(BACKENDS)})")
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from runner.errors import MESSAGE_LIMIT, MODEL_ENDPOINT_MISMATCH, PARAM_LIMIT, clip, endpoint_mismatch_message
+from runner.input_tokens import estimate
 from runner.jsonl import iter_lines
 from runner.model_specs import SUPPORTED_ENDPOINTS, ModelRegistry
 
@@ -28,6 +29,7 @@ class ValidationResult:
     model: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
+    input_tokens: int = 0  # estimated (input_tokens.py): the batch's enqueued tokens for the quotas (#16)
 
     @property
     def ok(self) -> bool:
@@ -144,6 +146,7 @@ def validate_batch_file(
             if not isinstance(body, dict):
                 c.add("invalid_body", "'body' is required and must be a JSON object.", line=lineno, param="body")
                 continue
+            res.input_tokens += estimate(body)
             if body.get("stream") not in (None, False):
                 c.add("stream_unsupported", "'stream' is not supported in a batch.", line=lineno, param="body.stream")
             model = body.get("model")

@@ -99,9 +99,11 @@ async def _create_batch(request: Request, svc: Services, body: dict[str, Any]) -
         hint = " (not served by this runner)" if endpoint in OPENAI_ONLY_ENDPOINTS else ""
         raise InvalidRequest(f"Unsupported endpoint {clip(endpoint, quote=True)}{hint}; one of "
                              f"{', '.join(SUPPORTED_ENDPOINTS)}.", param="endpoint", code="invalid_endpoint")
-    window = body.get("completion_window", "24h")  # optional at Mithril; "24h" is the only value anyway
-    if window != "24h":
-        raise InvalidRequest("'completion_window' must be '24h'.", param="completion_window",
+    window = body.get("completion_window", "24h")  # optional at Mithril
+    window_seconds = svc.settings.window_seconds(window) if isinstance(window, str) else None
+    if window_seconds is None:  # '24h' and RUNNER_COMPLETION_WINDOWS's (#16)
+        accepted = ", ".join(repr(w) for w in svc.settings.accepted_windows)
+        raise InvalidRequest(f"'completion_window' must be one of {accepted}.", param="completion_window",
                              code="invalid_completion_window")
     metadata = _metadata(body.get("metadata"))
     output_seconds = expires_after(body.get("output_expires_after"), "output_expires_after")
@@ -119,7 +121,7 @@ async def _create_batch(request: Request, svc: Services, body: dict[str, Any]) -
             metadata=metadata,
             output_expires_seconds=output_seconds,
             now=now,
-            expires_at=now + svc.settings.completion_window_seconds,
+            expires_at=now + window_seconds,
         )
     )
     svc.submit_validation(batch_id)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from runner.api.enqueue import gate
 from runner.model_specs import ModelRegistry
 from runner.settings import Settings
 from runner.store import BatchStore, Database, FileStore, IdempotencyStore, ModelStates, StatsStore, WebhookStore
@@ -93,9 +94,15 @@ class Services:
             )
             now = int(time.time())
             if result.ok and result.model is not None:
-                self.batches.start(batch_id, model=result.model, total=result.total, now=now,
-                                   file_expiry_seconds=s.file_expiry_seconds)
-                logger.info("batch validated batch=%s lines=%d model=%s", batch_id, result.total, result.model)
+                # the key's enqueued caps and the deadline check, in the start's transaction (#16)
+                check = gate(s, owner=row["owner"], model=result.model, total=result.total,
+                             tokens=result.input_tokens, window=row["completion_window"],
+                             expires_at=int(row["expires_at"] or 0))
+                started = self.batches.start(batch_id, model=result.model, total=result.total, now=now,
+                                             file_expiry_seconds=s.file_expiry_seconds,
+                                             enqueued_tokens=result.input_tokens, gate=check)
+                logger.info("batch validated batch=%s lines=%d tokens~%d model=%s started=%s", batch_id,
+                            result.total, result.input_tokens, result.model, started)
             else:
                 self.batches.fail_validation(batch_id, result.errors, now, model=result.model)
                 logger.info("batch failed validation batch=%s errors=%d", batch_id, result.error_count)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,27 @@ from runner.store.files import FileStore
 from runner.store.stats import add_sample, drop_samples
 from runner.store.transitions import STAMP, TERMINAL, check_transition
 from runner.store.webhooks import enqueue_batch_ending
+
+# A batch's lines and tokens count against its owner's caps from validation until it ends (#16).
+ENQUEUED = ("validating", "in_progress", "finalizing", "cancelling")
+# What a validated batch must pass to start, asked inside start()'s transaction: (errors that fail it,
+# or None; notices it starts with in its `errors`).
+Gate = Callable[[sqlite3.Connection], tuple[list[dict[str, Any]] | None, list[dict[str, Any]]]]
+
+
+def enqueued(conn: sqlite3.Connection, owner: str) -> tuple[int, int]:
+    """(lines, tokens) the owner has enqueued: a batch still validating counts 0 until it starts."""
+    row = conn.execute(
+        f"SELECT COALESCE(SUM(total), 0), COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE owner = ?"
+        f" AND status IN ({', '.join('?' * len(ENQUEUED))})", (owner, *ENQUEUED)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def lines_ahead(conn: sqlite3.Connection, model: str) -> int:
+    """Lines of the model's running batches not answered yet (a cancelling batch runs none)."""
+    row = conn.execute("SELECT COALESCE(SUM(MAX(0, total - completed - failed)), 0) FROM batches"
+                       " WHERE model = ? AND status IN ('in_progress', 'finalizing')", (model,)).fetchone()
+    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -138,9 +160,13 @@ class BatchStore:
         return self.get(owner, batch_id)
 
     # -- validation outcome ------------------------------------------------------------------------
-    def start(self, batch_id: str, *, model: str, total: int, now: int, file_expiry_seconds: int) -> bool:
+    def start(self, batch_id: str, *, model: str, total: int, now: int, file_expiry_seconds: int,
+              enqueued_tokens: int = 0, gate: Gate | None = None) -> bool:
         """validating -> in_progress, creating the (empty) output and error files so the Batch
-        carries their ids from the start. False when the batch left `validating` meanwhile."""
+        carries their ids from the start. False when the batch left `validating` meanwhile, or when
+        `gate` refused it (it is then `failed` with the gate's errors). The gate runs in the same
+        write transaction as the start, so two batches of one owner validated at once cannot both
+        pass a cap that only one fits under."""
         row = self.get_any_or_raise(batch_id)
         if row["status"] != "validating":
             return False
@@ -155,6 +181,14 @@ class BatchStore:
                     for fid in (out_id, err_id):
                         self.files.path_of(fid).unlink(missing_ok=True)
                     return False
+                refusal, notices = gate(conn) if gate is not None else (None, [])
+                if refusal is not None:
+                    for fid in (out_id, err_id):
+                        self.files.path_of(fid).unlink(missing_ok=True)
+                    conn.execute("UPDATE batches SET errors = ?, model = ? WHERE id = ?",
+                                 (orjson.dumps(refusal).decode(), model, batch_id))
+                    self._set_status(conn, batch_id, "validating", "failed", now)
+                    return False
                 for fid, kind in ((out_id, "output"), (err_id, "error")):
                     conn.execute(
                         "INSERT INTO files (id, owner, purpose, filename, bytes, created_at, expires_at, status,"
@@ -162,8 +196,10 @@ class BatchStore:
                         (fid, row["owner"], f"{batch_id}_{kind}.jsonl", now, now + seconds, batch_id),
                     )
                 conn.execute(
-                    "UPDATE batches SET model = ?, total = ?, output_file_id = ?, error_file_id = ? WHERE id = ?",
-                    (model, total, out_id, err_id, batch_id),
+                    "UPDATE batches SET model = ?, total = ?, output_file_id = ?, error_file_id = ?,"
+                    " enqueued_tokens = ?, errors = ? WHERE id = ?",
+                    (model, total, out_id, err_id, enqueued_tokens,
+                     orjson.dumps(notices).decode() if notices else None, batch_id),
                 )
                 self._set_status(conn, batch_id, "validating", "in_progress", now)
         except BaseException:

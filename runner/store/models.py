@@ -9,6 +9,20 @@ import orjson
 
 from runner.store.db import Database
 
+# The notices ModelStates owns on a waiting batch; any other (deadline_at_risk, #16) is left as it is.
+MODEL_NOTICES = frozenset({"model_load_failed", "model_unhealthy"})
+
+
+def _set_model_notice(conn: Any, model: str, notice: dict[str, Any] | None) -> None:
+    """Replace the model notice in the `errors` of the model's running batches with `notice` (None:
+    drop it), keeping their other notices."""
+    for r in conn.execute("SELECT id, errors FROM batches WHERE model = ? AND status = 'in_progress'"
+                          + (" AND errors IS NOT NULL" if notice is None else ""), (model,)).fetchall():
+        kept = [e for e in (orjson.loads(r["errors"]) if r["errors"] else []) if e.get("code") not in MODEL_NOTICES]
+        errors = [*kept, notice] if notice is not None else kept
+        conn.execute("UPDATE batches SET errors = ? WHERE id = ?",
+                     (orjson.dumps(errors).decode() if errors else None, r["id"]))
+
 
 class ModelStates:
     """Rows of model_states, written by the engine's feeder, read by /health."""
@@ -29,7 +43,7 @@ class ModelStates:
                 " state = 'loaded', error = NULL, attempts = 0, retry_at = NULL, updated_at = excluded.updated_at",
                 (model, now),
             )
-            conn.execute("UPDATE batches SET errors = NULL WHERE model = ? AND status = 'in_progress'", (model,))
+            _set_model_notice(conn, model, None)
 
     def unloaded(self, model: str) -> None:
         with self.db.transaction() as conn:
@@ -47,8 +61,7 @@ class ModelStates:
                 " retry_at = excluded.retry_at, updated_at = excluded.updated_at",
                 (model, state, error, attempts, retry_at, now),
             )
-            conn.execute("UPDATE batches SET errors = ? WHERE model = ? AND status = 'in_progress'",
-                         (orjson.dumps([notice]).decode(), model))
+            _set_model_notice(conn, model, notice)
 
     def all(self) -> dict[str, dict[str, Any]]:
         rows = self.db.query("SELECT * FROM model_states ORDER BY model")

@@ -56,6 +56,42 @@ def throughput(samples: Sequence[tuple[float, int, int]], remaining: int, now: f
     return {"lines_per_second": round(lines, 3), "output_tokens_per_second": round(tokens, 3), "eta_seconds": eta}
 
 
+FINISHED_SPAN = 20  # finished batches a model's rate is measured over when none of its batches runs
+
+
+def model_rate(conn: sqlite3.Connection, model: str, now: float) -> float | None:
+    """Lines/s the engine does on `model`, for the deadline check at validation (#16); None when
+    nothing was measured. While batches of the model run: the sum of their live rates (the engine
+    shares one model's throughput among them). Else from its last FINISHED_SPAN completed batches:
+    lines answered over the union of their in_progress_at..completed_at spans (they may overlap;
+    stamps are whole seconds, so a batch done within its start's second measures nothing)."""
+    live = 0.0
+    for r in conn.execute("SELECT id, total, completed, failed FROM batches WHERE model = ?"
+                          " AND status = 'in_progress'", (model,)).fetchall():
+        samples = [(float(s[0]), int(s[1]), int(s[2])) for s in conn.execute(
+            "SELECT at, done, output_tokens FROM batch_samples WHERE batch_id = ? AND at >= ? ORDER BY at",
+            (r["id"], now - WINDOW))]
+        rate = throughput(samples, int(r["total"]) - int(r["completed"]) - int(r["failed"]), now)
+        live += rate["lines_per_second"] if rate else 0.0
+    if live > 0:
+        return live
+    spans = sorted((int(r[0]), int(r[1]), int(r[2])) for r in conn.execute(
+        "SELECT in_progress_at, completed_at, completed + failed FROM batches WHERE model = ? AND status ="
+        " 'completed' AND in_progress_at IS NOT NULL AND completed_at > in_progress_at ORDER BY seq DESC LIMIT ?",
+        (model, FINISHED_SPAN)))
+    lines = seconds = 0
+    end = None
+    for start, stop, done in spans:
+        lines += done
+        if end is None or start >= end:
+            seconds += stop - start
+            end = stop
+        elif stop > end:
+            seconds += stop - end
+            end = stop
+    return lines / seconds if seconds > 0 and lines > 0 else None
+
+
 class StatsStore:
     """The stats tables of one store."""
 
