@@ -3,7 +3,9 @@
 Runs in its own thread and owns the reads: it polls the Source's active batches (sources.py: the
 server's store, or the one file of `runner run`), opens a batch's Ledger (the restart protocol: cut
 files back to the checkpoint, rebuild the set of written lines), and reads input lines lazily
-through runner/jsonl.py, skipping lines already written. A batch whose lines name several models
+through runner/jsonl.py, skipping lines already written; a feed of a generate model hands them out
+in admission order (lookahead.py: a bounded look-ahead per model, shared prefixes together, long
+answers first). A batch whose lines name several models
 (only `runner run` allows that) gets one feed per model, each reading the lines routed to it. It also turns the batch
 statuses into work: cancelling -> Abort("cancelled"), expires_at passed -> Abort("expired"),
 finalizing (left by a crash) -> Check.
@@ -40,14 +42,17 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from runner.engine.backend import LineRequest, LineResult
 from runner.engine.ledger import Ledger, LineSet
+from runner.engine.lookahead import Lookahead, Pool, describe
+from runner.engine.lookahead import pool as lookahead_pool
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
 from runner.engine.shares import Shares
 from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
@@ -90,38 +95,83 @@ class BatchFeed:
     exhausted: bool = False
     owner: str = "local"  # whose share of the engine its lines use (shares.py); poll keeps it current
     expires_at: float | None = None  # its deadline, which weighs its share up as it nears
+    lookahead: Pool | None = None  # the model's look-ahead (lookahead.py); None: file order
+    _next: Callable[[], LineRequest | BadLine | None] | None = field(default=None, repr=False)
 
     def next_request(self) -> LineRequest | BadLine | None:
-        """The next unwritten line; a BadLine for one that cannot run; None at the end. Raises
-        InputDamaged when the input is no longer the file validation (or the run's scan) read."""
-        for lineno, raw in self.lines:
-            if lineno in self.done:
+        """The next unwritten line, in admission order (lookahead.py; file order without a pool); a
+        BadLine for one that cannot run; None at the end. Raises InputDamaged when the input is no
+        longer the file validation (or the run's scan) read."""
+        get = self._next
+        if get is None:
+            get = self._next = self._reader()
+        item = get()
+        if item is None:
+            self.exhausted = True
+        return item
+
+    def _reader(self) -> Callable[[], LineRequest | BadLine | None]:
+        # closures over values, not self: a look-ahead holding them must not keep its feed alive
+        reads = _reads(self.lines, self.done, self.path, self.route, self.model)
+        batch_id, endpoint, spec = self.batch_id, self.endpoint, self.spec
+
+        def request(line: tuple[int, bytes, dict[str, Any]]) -> LineRequest:
+            lineno, _, obj = line
+            return LineRequest(key=f"{batch_id}:{lineno}", batch_id=batch_id, custom_id=obj["custom_id"],
+                               endpoint=obj.get("url") or endpoint, body=obj["body"], line=lineno)
+
+        if self.lookahead is None or spec is None:
+            def in_file_order() -> LineRequest | BadLine | None:
+                line = next(reads, None)
+                return line if line is None or isinstance(line, BadLine) else request(line)
+            return in_file_order
+
+        def hold(line: tuple[int, bytes, dict[str, Any]] | BadLine) -> tuple[str, int, int, Any] | None:
+            if isinstance(line, BadLine):
+                return None  # written at once
+            lineno, raw, obj = line
+            key, budget = describe(spec, obj.get("url") or endpoint, obj["body"])
+            return key, budget, len(raw) + len(key), (lineno, raw)  # held as bytes: no dicts for the GC
+
+        def unpack(held: tuple[int, bytes]) -> LineRequest:
+            lineno, raw = held
+            obj = orjson.loads(raw)  # the same bytes, checked when read
+            return LineRequest(key=f"{batch_id}:{lineno}", batch_id=batch_id, custom_id=obj["custom_id"],
+                               endpoint=obj.get("url") or endpoint, body=obj["body"], line=lineno)
+
+        return Lookahead(reads, self.lookahead, hold, unpack).next
+
+
+def _reads(lines: Iterator[tuple[int, bytes | None]], done: LineSet, path: Path, route: Route | None,
+           model: str) -> Iterator[tuple[int, bytes, dict[str, Any]] | BadLine]:
+    """A feed's unwritten lines in file order: (line number, raw, parsed) for each that can run,
+    a BadLine for each that cannot."""
+    for lineno, raw in lines:
+        if lineno in done:
+            continue
+        # Validation (or `runner run`'s scan) saw every line as JSON with a string custom_id,
+        # so a line that is not means the file changed under the batch: skipping it would
+        # leave the batch short of its total, in_progress until it expired (#14).
+        try:
+            obj = orjson.loads(raw)  # type: ignore[arg-type] # None (oversized) is a TypeError
+            cid = obj["custom_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise changed_line(path, lineno) from None
+        if not isinstance(cid, str):
+            raise changed_line(path, lineno)
+        if route is not None:
+            where = route(obj)
+            if isinstance(where, LineError):
+                if model:
+                    continue  # the feed of the lines that cannot run writes its row
+                yield BadLine(lineno, cid, where)
                 continue
-            # Validation (or `runner run`'s scan) saw every line as JSON with a string custom_id,
-            # so a line that is not means the file changed under the batch: skipping it would
-            # leave the batch short of its total, in_progress until it expired (#14).
-            try:
-                obj = orjson.loads(raw)  # type: ignore[arg-type] # None (oversized) is a TypeError
-                cid = obj["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise changed_line(self.path, lineno) from None
-            if not isinstance(cid, str):
-                raise changed_line(self.path, lineno)
-            if self.route is not None:
-                where = self.route(obj)
-                if isinstance(where, LineError):
-                    if self.model:
-                        continue  # the feed of the lines that cannot run writes its row
-                    return BadLine(lineno, cid, where)
-                if where != self.model:
-                    continue  # another model's feed runs it
-            body = obj.get("body")
-            if not isinstance(body, dict):
-                return BadLine(lineno, cid, LineError("'body' must be a JSON object.", param="body"))
-            return LineRequest(key=f"{self.batch_id}:{lineno}", batch_id=self.batch_id, custom_id=cid,
-                               endpoint=obj.get("url") or self.endpoint, body=body, line=lineno)
-        self.exhausted = True
-        return None
+            if where != model:
+                continue  # another model's feed runs it
+        if not isinstance(obj.get("body"), dict):
+            yield BadLine(lineno, cid, LineError("'body' must be a JSON object.", param="body"))
+            continue
+        yield lineno, raw, obj  # type: ignore[misc] # raw: parsed, so not None
 
 
 class Feeder(threading.Thread):
@@ -261,11 +311,13 @@ class Feeder(threading.Thread):
             self._damaged(info.id, ledger.damage)
             return
         for plan in plans:
+            spec = self.registry.get(plan.model) if plan.model else None
             self.feeds[self._key(info.id, plan)] = BatchFeed(
-                batch_id=info.id, seq=info.seq, model=plan.model,
-                spec=self.registry.get(plan.model) if plan.model else None, endpoint=info.endpoint,
+                batch_id=info.id, seq=info.seq, model=plan.model, spec=spec, endpoint=info.endpoint,
                 lines=iter_lines_reopening(ledger.input_path, self.settings.max_line_bytes, size=ledger.input_bytes),
-                done=ledger.done.copy(), path=ledger.input_path, route=plan.route)
+                done=ledger.done.copy(), path=ledger.input_path, route=plan.route,
+                lookahead=lookahead_pool(self, plan.model, spec, self.settings.admission_order,
+                                         self.settings.admission_lookahead))
             if plan.model in self.state.load_errors:
                 self.reported.pop(plan.model, None)  # report again, so the new batch gets the notice too
         self.outbox.put(Check(info.id))  # a batch whose lines were all written before a crash ends now

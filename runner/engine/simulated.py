@@ -24,6 +24,15 @@ engine_args (models.yaml):
 - latency_per_line: seconds each line waits at least before it can finish (default 0).
 - dimensions: embedding size when a request gives none (default 16).
 - max_inflight: the engine's in-flight window for this model (default 256).
+- prefix_cache_tokens: a prefix cache of this many tokens (absent or 0 = none), modelled on vLLM's:
+  whole blocks of 16 prompt tokens (the tokens this backend counts: a chat message is its role and
+  markers plus its words) keyed by a chained hash, looked up when a line is added (the leading
+  blocks found are its usage.prompt_tokens_details.cached_tokens; at least one prompt token is
+  always computed, as on vLLM), then stored, least recently used evicted first. Without it
+  cached_tokens is 0. Embeddings are not cached.
+- prefill_tokens_per_second: the rate the uncached prompt tokens are processed at (absent or 0 =
+  free). Prompt and output work share one device: a line costs uncached / prefill_tokens_per_second
+  plus its output tokens / tokens_per_second seconds, so cache hits make a batch finish sooner.
 """
 
 from __future__ import annotations
@@ -219,11 +228,59 @@ def _embedding(text: str, dims: int) -> list[float]:
 @dataclass
 class _Pending:
     result: LineResult
-    tokens: int
+    tokens: int  # output tokens
     ready_at: float
+    cost: float  # seconds of the paced device: output tokens, plus uncached prompt tokens
 
 
-ENGINE_ARGS = frozenset({"tokens_per_second", "latency_per_line", "dimensions", "max_inflight"})
+ENGINE_ARGS = frozenset({"tokens_per_second", "latency_per_line", "dimensions", "max_inflight",
+                         "prefix_cache_tokens", "prefill_tokens_per_second"})
+CACHE_BLOCK = 16  # tokens per prefix-cache block, as vLLM's default block_size
+
+
+class PrefixCache:
+    """An LRU of whole prompt blocks keyed by a chained hash (a block's key covers every token
+    before it), as vLLM's automatic prefix caching keys them."""
+
+    def __init__(self, tokens: int) -> None:
+        self.capacity = tokens // CACHE_BLOCK  # blocks
+        self.blocks: OrderedDict[int, None] = OrderedDict()
+
+    def admit(self, tokens: tuple[Any, ...] | list[Any]) -> int:
+        """Tokens of this prompt found cached (its leading whole blocks); then its blocks are stored
+        as the most recently used."""
+        h, hits, hitting = 0, 0, True
+        blocks = self.blocks
+        for start in range(0, len(tokens) - CACHE_BLOCK + 1, CACHE_BLOCK):
+            h = hash((h, tuple(tokens[start:start + CACHE_BLOCK])))
+            if h in blocks:
+                blocks.move_to_end(h)
+                hits += hitting
+            else:
+                hitting = False
+                blocks[h] = None
+                if len(blocks) > self.capacity:
+                    blocks.popitem(last=False)
+        cached = hits * CACHE_BLOCK
+        # the last prompt token is always computed (its logits start the answer): a prompt found
+        # whole gives back its last block, as vLLM does
+        return cached - CACHE_BLOCK if cached and cached >= len(tokens) else cached
+
+
+def _chat_tokens(messages: Iterable[dict[str, Any]]) -> list[str]:
+    """The prompt tokens of a chat as this backend counts them: 2 + per message 4 markers and its
+    words (content.count(" ") + 1)."""
+    out = ["<|bos|>"]
+    for m in messages:
+        out += ("<|start|>", m["role"], "<|sep|>")
+        out += m["content"].split(" ")
+        out.append("<|end|>")
+    out.append("<|assistant|>")
+    return out
+
+
+def _prompt_tokens(p: str | tuple[int, ...]) -> list[str] | tuple[int, ...]:
+    return p if isinstance(p, tuple) else (p.split() or [""])
 
 
 class SimulatedBackend(Backend):
@@ -240,6 +297,12 @@ class SimulatedBackend(Backend):
         self.latency = float(args.get("latency_per_line") or 0)
         self.dimensions = int(args.get("dimensions") or 16)
         self.default_max_inflight = int(args.get("max_inflight") or 256)
+        cache_tokens = int(args.get("prefix_cache_tokens") or 0)
+        self.prefill_tps = float(args.get("prefill_tokens_per_second") or 0)
+        if cache_tokens < 0 or self.prefill_tps < 0:
+            raise ConfigError("the simulated backend's prefix_cache_tokens and prefill_tokens_per_second must be >= 0")
+        self.cache = PrefixCache(cache_tokens) if cache_tokens else None
+        self._paced = self.tokens_per_second > 0 or self.prefill_tps > 0
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._credit = 0.0
         self._last = time.monotonic()
@@ -250,38 +313,42 @@ class SimulatedBackend(Backend):
     # -- the seam ------------------------------------------------------------------------------------
     def add(self, req: LineRequest) -> None:
         result = self._run(req)
-        tokens = result.usage.completion_tokens or result.usage.prompt_tokens
+        usage = result.usage
+        tokens = max(1, usage.completion_tokens or usage.prompt_tokens)
+        cost = tokens / self.tokens_per_second if self.tokens_per_second > 0 else 0.0
+        if self.prefill_tps > 0:
+            cost += (usage.prompt_tokens - usage.cached_tokens) / self.prefill_tps
         if not self._pending:
             self._last = time.monotonic()  # idle time earns no credit
-        self._pending[req.key] = _Pending(result, max(1, tokens), time.monotonic() + self.latency)
+        self._pending[req.key] = _Pending(result, tokens, time.monotonic() + self.latency, cost)
 
     def step(self) -> list[LineResult]:
-        if self.tokens_per_second <= 0 and self.latency <= 0:
+        if not self._paced and self.latency <= 0:
             done = [p.result for p in self._pending.values()]
             self._finished_tokens += sum(p.tokens for p in self._pending.values())
             self._pending.clear()
             return done
+        # The paced device does one line's work after another (credit: seconds of work earned)
         head = next(iter(self._pending.values()))
         now = time.monotonic()
         wait = max(head.ready_at - now, 0.0)
-        if self.tokens_per_second > 0:
-            wait = max(wait, (head.tokens - self._credit - (now - self._last) * self.tokens_per_second)
-                       / self.tokens_per_second)
+        if self._paced:
+            wait = max(wait, head.cost - self._credit - (now - self._last))
         if wait > 0:
             time.sleep(min(wait, _MAX_SLEEP))
         now = time.monotonic()
-        if self.tokens_per_second > 0:
-            self._credit += (now - self._last) * self.tokens_per_second
+        if self._paced:
+            self._credit += now - self._last
         self._last = now
         done: list[LineResult] = []
         for key in list(self._pending):
             p = self._pending[key]
             if p.ready_at > now:
                 break
-            if self.tokens_per_second > 0:
-                if p.tokens > self._credit:
+            if self._paced:
+                if p.cost > self._credit:
                     break
-                self._credit -= p.tokens
+                self._credit -= p.cost
             done.append(p.result)
             self._finished_tokens += p.tokens
             del self._pending[key]
@@ -294,9 +361,11 @@ class SimulatedBackend(Backend):
             self._pending.pop(key, None)
 
     def generated_tokens(self) -> int:
-        """Tokens of finished lines, plus the paced credit the line at the head has earned so far."""
+        """Tokens of finished lines, plus the share of the head line's tokens its credit has earned."""
         head = next(iter(self._pending.values()), None)
-        return self._finished_tokens + (int(min(self._credit, head.tokens)) if head is not None else 0)
+        if head is None or head.cost <= 0:
+            return self._finished_tokens
+        return self._finished_tokens + int(head.tokens * min(1.0, self._credit / head.cost))
 
     def has_unfinished(self) -> bool:
         return bool(self._pending)
@@ -331,11 +400,15 @@ class SimulatedBackend(Backend):
                 po = self._structured(inp, prompt, tokens, rid, salt)
             else:
                 po = self._choices(prompt, tokens, inp.sampling, salt)
+            if self.cache is not None:
+                po = replace(po, cached_tokens=self.cache.admit(_chat_tokens(inp.messages)))
             body = chat_completion_body(inp.model, po, request_id=f"chatcmpl-{rid}")
         else:
             outs = []
             for p in inp.prompts:
                 po = self._choices(_text(p), _count(p), inp.sampling, salt)
+                if self.cache is not None:
+                    po = replace(po, cached_tokens=self.cache.admit(_prompt_tokens(p)))
                 outs.append(replace(po, prompt_text=_text(p)) if inp.echo else po)
             body = completion_body(inp.model, outs, request_id=f"cmpl-{rid}")
         return LineResult(req.key, 200, body, usage_of(body))
