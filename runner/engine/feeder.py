@@ -198,6 +198,7 @@ class Feeder(threading.Thread):
         self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
         self.reported: dict[str, tuple[str, int]] = {}  # model -> what ModelStates last got
         self.rewound: dict[str, float] = {}  # model -> the stop (LoadFailure.at) its batches were re-read for
+        self.pools: dict[str, Pool] = {}  # model -> its feeds' shared look-ahead (lookahead.py)
         self.shares: dict[str, Shares] = {}  # model -> its owners' and batches' virtual times
 
     def run(self) -> None:
@@ -316,7 +317,7 @@ class Feeder(threading.Thread):
                 batch_id=info.id, seq=info.seq, model=plan.model, spec=spec, endpoint=info.endpoint,
                 lines=iter_lines_reopening(ledger.input_path, self.settings.max_line_bytes, size=ledger.input_bytes),
                 done=ledger.done.copy(), path=ledger.input_path, route=plan.route,
-                lookahead=lookahead_pool(self, plan.model, spec, self.settings.admission_order,
+                lookahead=lookahead_pool(self.pools, plan.model, spec, self.settings.admission_order,
                                          self.settings.admission_lookahead))
             if plan.model in self.state.load_errors:
                 self.reported.pop(plan.model, None)  # report again, so the new batch gets the notice too

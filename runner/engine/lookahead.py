@@ -74,15 +74,12 @@ class Pool:
         return max(1, self.lines // n), max(1, self.nbytes // n)
 
 
-_POOLS: weakref.WeakKeyDictionary[object, dict[str, Pool]] = weakref.WeakKeyDictionary()
-
-
-def pool(owner: object, model: str, spec: ModelSpec | None, order: str, lines: int) -> Pool | None:
-    """The look-ahead of `owner`'s (the feeder's) feeds of `model`; None keeps file order: the
-    order is "file", the look-ahead is 0, or the model does not generate (nothing to cache)."""
+def pool(pools: dict[str, Pool], model: str, spec: ModelSpec | None, order: str, lines: int) -> Pool | None:
+    """The look-ahead of `model`'s feeds, kept in `pools` (the feeder's: one per model); None keeps
+    file order: the order is "file", the look-ahead is 0, or the model does not generate (nothing to
+    cache)."""
     if order != "prefix" or lines <= 0 or spec is None or spec.task != "generate":
         return None
-    pools = _POOLS.setdefault(owner, {})
     p = pools.get(model)
     if p is None or p.lines != lines:
         p = pools[model] = Pool(lines, LOOKAHEAD_BYTES)
