@@ -57,6 +57,8 @@ NO_CLIENT_VALUE = {
     "too_many_connections",
     # runner's own limit; a test send's failure is the socket library's text (clipped)
     "too_many_webhook_endpoints", "webhook_unreachable",
+    # numbers runner counts, a model and a window validation accepted; the in-use answer names no key
+    "token_limit_exceeded", "deadline_at_risk", "deadline_unreachable", "idempotency_key_in_use",
 }
 
 # -- producers: each returns the error as a client sees it ({message, param, code}) ----------------------
@@ -95,6 +97,22 @@ def _multipart(raw: bytes) -> Case:
 
 def _create(**body: Any) -> Case:
     return _http("POST", "/v1/batches", json={"input_file_id": "file-abc", "endpoint": CHAT, **body})
+
+
+def _reused_key() -> Case:
+    """The same (longest valid) Idempotency-Key with another body: the 422 names the key, clipped."""
+    key = "k" * 255
+
+    def run(c: TestClient, _: Path) -> dict[str, Any]:
+        first = c.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a.jsonl", b"{}\n")},
+                       headers={"Idempotency-Key": key})
+        assert first.status_code == 200, first.text[:300]
+        r = c.post("/v1/files", data={"purpose": "batch"}, files={"file": ("b.jsonl", b"{}\n")},
+                   headers={"Idempotency-Key": key})
+        assert r.status_code == 422, (r.status_code, r.text[:300])
+        err: dict[str, Any] = r.json()["error"]
+        return err
+    return run
 
 
 J = "x" * 400_000  # a JSON request body is capped at 1 MiB
@@ -178,6 +196,9 @@ ECHOES: dict[str, list[Case]] = {
                                      + b"v" * (1 << 17) + b"\r\n--b--\r\n")],
     "invalid_purpose": [_upload({"purpose": U})],
     "invalid_endpoint": [_create(endpoint="/v1/" + J)],
+    "invalid_idempotency_key": [_http("POST", "/v1/batches", json={"input_file_id": "file-abc", "endpoint": CHAT},
+                                      headers={"Idempotency-Key": "k" * 60_000})],
+    "idempotency_key_reused": [_reused_key()],
     "invalid_webhook_url": [_http("POST", "/v1/webhook_endpoints", json={"name": "n", "url": "https://" + J,
                                                                          "event_types": ["batch.completed"]}),
                             _http("POST", "/v1/webhook_endpoints", json={"name": "n", "url": "ftp://h/" + U,

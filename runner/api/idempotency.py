@@ -78,8 +78,8 @@ async def once(request: Request, svc: Services, route: str, key: str, body_hash:
                             f"in the last 24 hours; use a new key for a new request.", param=HEADER,
                             code="idempotency_key_reused")
     if claim.outcome == "in_use":
-        raise Conflict(f"A request with the {HEADER} {clip(key, quote=True)} is still being answered; retry in a "
-                       "moment for its answer.", param=HEADER, code="idempotency_key_in_use",
+        raise Conflict(f"A request with this {HEADER} is still being answered; retry in a moment for its answer.",
+                       param=HEADER, code="idempotency_key_in_use",
                        headers={"retry-after": "1"})
     try:
         response = await work()
