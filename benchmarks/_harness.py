@@ -55,7 +55,7 @@ class Server:
     """`python -m runner serve` on a free loopback port, killed (with its engine) on exit."""
 
     def __init__(self, data_dir: Path, models: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:
+                 args: list[str] | None = None, cwd: Path | None = None) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir.parent / f"server-{self.port}.log", "wb")
@@ -64,6 +64,7 @@ class Server:
             [sys.executable, "-m", "runner", "serve", "--port", str(self.port), "--data-dir", str(data_dir),
              "--models", str(models), *(args or [])],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+            cwd=cwd,  # another checkout of runner (bench_idle.py's baseline); None: this one
         )
 
     def wait_ready(self, timeout: float = 60.0, engine: bool = True) -> None:
@@ -103,6 +104,42 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and all its descendants, now."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """User + system CPU seconds each process has used so far (gone ones left out)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p in pids:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[p] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def process_name(pid: int) -> str:
+    """The start of its command line ("VLLM::Worker", "python -m runner engine ...")."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def machine() -> dict[str, Any]:

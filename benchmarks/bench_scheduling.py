@@ -40,9 +40,11 @@ hits prefix-cache blocks an earlier run left behind:
                  that), the long lines scattered through the file
   uniform        no shared prefixes, every line the same lengths: the target is runner >= 0.99x raw
 Reports per workload and side the median [range] of output tok/s (output tokens are the same on
-every side, so this is 1/time), the share of prompt tokens served from the prefix cache, and the
-ratios of medians: runner/raw (the issue's targets: >= 1.10x on shared-prefix, >= 0.99x on uniform),
-raw-sorted/raw and runner/raw-sorted. Writes benchmarks/results/scheduling-<label>-<date>.json.
+every side, so this is 1/time), the share of prompt tokens served from the prefix cache, the CPU
+seconds the side spent outside vLLM's EngineCore and workers during the run (frontend_cpu_s: raw's
+LLM process; runner's API and engine processes), and the ratios of medians: runner/raw (the
+issue's targets: >= 1.10x on shared-prefix, >= 0.99x on uniform), raw-sorted/raw and
+runner/raw-sorted. Writes benchmarks/results/scheduling-<label>-<date>.json.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Server, table, write_result  # noqa: E402
+from _harness import Server, cpu_seconds, process_name, table, tree_pids, write_result  # noqa: E402
 from bench_vllm import TreeRss, materialise, runner_env  # noqa: E402
 
 GiB = 1 << 30
@@ -190,6 +192,7 @@ class RawWorker:
                                      stdout=subprocess.PIPE, stderr=open(self.log, "ab"), text=True,
                                      env={**os.environ, **env})
         self.rss = TreeRss(self.proc.pid)
+        self.pid = self.proc.pid
         t0 = time.perf_counter()
         self._read("READY")
         self.run(_write(tmp / "warm-raw.jsonl", warm_lines(cfg["model"], "warm/raw")))
@@ -234,6 +237,7 @@ class RunnerSide:
         t0 = time.perf_counter()
         self.server.wait_ready(timeout=120)
         self.rss = TreeRss(self.server.proc.pid)
+        self.pid = self.server.proc.pid
         self.client = httpx.Client(base_url=self.server.base, timeout=300)
         b = self.batch(_write(tmp / f"warm-{name}.jsonl", warm_lines("bench", f"warm/{name}")))
         if b["status"] != "completed":
@@ -271,10 +275,24 @@ class RunnerSide:
         return peak
 
 
+def _cpu_split(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds a run took in vLLM's own processes (EngineCore, its workers) and in the rest of
+    the side: raw's `LLM` process, or runner's API and engine processes. On a small CPU box both
+    cores run vLLM's kernels, so the second figure is what the side's pipeline takes from them."""
+    vllm = other = 0.0
+    for pid, cpu in after.items():
+        used = cpu - before.get(pid, 0.0)
+        if process_name(pid).startswith("VLLM::"):
+            vllm += used
+        else:
+            other += used
+    return {"vllm_cpu_s": round(vllm, 2), "frontend_cpu_s": round(other, 2)}
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in runs if "output_tok_s" in r]
     out: dict[str, Any] = {"ok_runs": len(ok), "errors": [r["error"] for r in runs if "error" in r]}
-    for key in ("output_tok_s", "seconds", "cached_share"):
+    for key in ("output_tok_s", "seconds", "cached_share", "frontend_cpu_s", "vllm_cpu_s"):
         vals = [r[key] for r in ok]
         if vals:
             out[key] = statistics.median(vals)
@@ -339,10 +357,13 @@ def main() -> int:
                         inp = _write(tmp / f"{wl}-{side}.jsonl", lines)
                         print(f"[{rep + 1}/{args.repeats}] {wl} {side} ({len(lines)} lines) ...", file=sys.stderr,
                               flush=True)
+                        pids = tree_pids(handles[key].pid)
+                        before = cpu_seconds(pids)
                         try:
                             r = handles[key].run(inp)
                         except Exception as exc:
                             r = {"error": str(exc)[:500]}
+                        r.update(_cpu_split(before, cpu_seconds(pids)))
                         r.update(workload=wl, side=side, repeat=rep, lines=len(lines))
                         if r.get("seconds", 0) > 0 and r.get("rows") == len(lines):
                             r["output_tok_s"] = r["output_tokens"] / r["seconds"]
@@ -359,7 +380,7 @@ def main() -> int:
     rows = [{"workload": wl, "side": s, **{k: v for k, v in summary[wl][s].items() if k != "errors"}}
             for wl in workloads for s in sides]
     print(table(rows, ["workload", "side", "ok_runs", "output_tok_s", "output_tok_s_min", "output_tok_s_max",
-                       "seconds", "cached_share"]))
+                       "seconds", "cached_share", "frontend_cpu_s"]))
     ratios: dict[str, dict[str, float]] = {}
     for wl in workloads:
         med = {s: summary[wl][s].get("output_tok_s") for s in sides}

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Server, table, write_result  # noqa: E402
+from _harness import Server, table, tree_pids, write_result  # noqa: E402
 
 RAW_SCRIPT = r"""
 import json, sys, time
@@ -76,22 +76,10 @@ class TreeRss:
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
-    def _tree(self) -> list[int]:
-        out, todo = [], [self.pid]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            try:
-                for t in os.listdir(f"/proc/{p}/task"):
-                    todo += [int(c) for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
-            except OSError:
-                pass
-        return out
-
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             total = 0
-            for p in self._tree():
+            for p in tree_pids(self.pid):
                 try:
                     for line in Path(f"/proc/{p}/status").read_text().splitlines():
                         if line.startswith("VmRSS:"):

@@ -56,7 +56,6 @@ from runner.engine.lookahead import pool as lookahead_pool
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
 from runner.engine.shares import Shares
 from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
-from runner.engine.window import Window
 from runner.errors import LineError
 from runner.jsonl import InputDamaged, changed_line, iter_lines_reopening
 from runner.model_specs import ModelRegistry, ModelSpec
@@ -66,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 SWITCH_QUANTUM = 600.0  # seconds a model keeps its slot while other models' batches wait
 DIRECT_PER_PASS = 512  # error rows written per pass for a batch no backend can run
-CHANGE_CHECK = 0.01  # seconds between checks for a commit by another process
+CHANGE_CHECK = 0.01  # seconds between checks for a commit by another process, where no doorbell rings
 PASS_LINES = 4096  # most lines one model gets per feeding pass
 
 
@@ -192,7 +191,8 @@ class Feeder(threading.Thread):
         self.slots: dict[str, str] = {}  # task -> model asked of the loop
         self.draining: dict[str, str] = {}  # task -> model no longer fed, waiting for its window
         self.loaded_at: dict[str, float] = {}
-        self.full: Window | None = None  # a window the last pass found full
+        self.rung = False  # the doorbell rang since the last look at the database
+        self.passes = 0  # turns of run()'s loop: an idle feeder must not spin (tests/engine/test_wakes.py)
         self.error: BaseException | None = None
         self.models = source.models
         self.asked: dict[str, float] = {}  # model -> when its last Load was sent (monotonic)
@@ -204,30 +204,39 @@ class Feeder(threading.Thread):
     def run(self) -> None:
         try:
             self.models.reset()
+            # With a doorbell (store/doorbell.py) the API says when a batch starts or is cancelled, so
+            # the database is looked at only when it rings and at each timed poll; without one, every
+            # CHANGE_CHECK as before. Either way the thread sleeps on state.wake between passes, and
+            # an idle engine costs nothing but the timed poll.
+            hears = self.source.listen(self._rung)
+            check_every = self.settings.poll_interval if hears else CHANGE_CHECK
+            wake = self.state.wake
             next_poll = next_check = 0.0
             version = -1
             while not self.stop.is_set():
-                # A commit by the API (a batch started or cancelled) is seen within ~10 ms, not one
-                # poll interval later; the timed poll still catches expiries.
+                self.passes += 1
+                wake.clear()  # before the pass: whatever happens during it wakes the next wait
                 now = time.monotonic()
                 changed = False
-                if now >= next_check:
+                if self.rung or now >= next_check:
+                    self.rung = False
                     changed, version = self.source.changed_since(version)
-                    next_check = now + CHANGE_CHECK
+                    next_check = now + check_every
                 if changed or now >= next_poll:
                     self.poll()
                     next_poll = time.monotonic() + self.settings.poll_interval
                 self.choose_models()
                 self.report_models()
                 if not self.feed_pass():
-                    if self.full is not None:
-                        self.full.wait_room(0.01)  # woken as soon as the loop frees slots
-                    else:
-                        self.stop.wait(0.01)
+                    wake.wait(max(0.0, min(next_poll, next_check) - time.monotonic()))
         except BaseException as exc:
             logger.exception("feeder died")
             self.error = exc
             self.stop.set()
+
+    def _rung(self) -> None:
+        self.rung = True
+        self.state.wake.set()
 
     # -- statuses ------------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -431,7 +440,6 @@ class Feeder(threading.Thread):
                     and feed.model in self.state.windows:
                 runnable.setdefault(feed.model, []).append(feed)
         moved = 0
-        self.full = None
         now = time.time()
         for model, feeds in runnable.items():
             window = self.state.windows.get(model)
@@ -439,8 +447,7 @@ class Feeder(threading.Thread):
                 continue
             room = window.take_up_to(PASS_LINES)
             if room == 0:
-                self.full = window
-                continue
+                continue  # the loop's give() wakes this thread when lines finish
             shares = self.shares.get(model)
             if shares is None:
                 shares = self.shares[model] = Shares(self.settings.completion_window_seconds,
@@ -468,7 +475,7 @@ class Feeder(threading.Thread):
                         self._direct(feed, item)  # costs no slot, so no share either
                         moved += 1
                 turn.charge(given, done)
-            window.give(room - len(reqs))
+            window.give(room - len(reqs), wake=False)
             if reqs:
                 self.inbox.put(Feed(model, reqs))
                 moved += len(reqs)

@@ -252,6 +252,9 @@ class FileSource:
     def changed_since(self, version: int) -> tuple[bool, int]:
         return False, version  # nobody else changes a run
 
+    def listen(self, on_change: Callable[[], None]) -> bool:
+        return True  # nobody else changes a run: nothing to hear, and nothing to check for
+
     def active(self) -> list[BatchInfo]:
         if self.status_now != "in_progress":
             return []

@@ -145,6 +145,7 @@ class EngineLoop:
         except Exception as exc:
             self.state.add_load(spec.id, False, time.monotonic() - started)
             failure = self._fail(spec.id, f"{type(exc).__name__}: {exc}", "model_load_failed")
+            self.state.wake.set()  # the feeder reports the failure to the waiting batches now
             logger.exception("model load failed model=%s attempt=%d retry_at=+%.1fs", spec.id, failure.attempts,
                              failure.retry_at - failure.at)
             return
@@ -154,8 +155,9 @@ class EngineLoop:
         self.backends[spec.id] = backend
         self.slots[spec.task] = spec.id
         window = self.settings.max_inflight or backend.default_max_inflight
-        self.state.windows[spec.id] = Window(window)
+        self.state.windows[spec.id] = Window(window, self.state.wake)
         logger.info("model loaded model=%s backend=%s window=%d", spec.id, type(backend).__name__, window)
+        self.state.wake.set()  # the feeder fills the new window now
 
     def _unload(self, model: str) -> None:
         backend = self.backends.pop(model, None)
@@ -211,6 +213,7 @@ class EngineLoop:
                      failure.retry_at - failure.at)
         self.stopped.add(model)
         self._unload(model)
+        self.state.wake.set()
 
     def _fail(self, model: str, error: str, code: str) -> LoadFailure:
         """Record a failed load (or a stop) for the feeder: it asks again after a doubling backoff."""

@@ -102,6 +102,7 @@ class Engine:
             self.error = exc
         finally:
             self.stopping.set()
+            self.state.wake.set()  # the feeder may sleep up to a poll interval otherwise
             logger.info("[shutdown] stopping feeder")
             self.feeder.join()
             logger.info("[shutdown] draining writer")

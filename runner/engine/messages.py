@@ -118,6 +118,9 @@ class EngineState:
     # finished model loads (model, ok, seconds, unix time), until the writer reports them (stats.py)
     loads: list[tuple[str, bool, float, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The feeder sleeps on this when it has nothing to do; set when window room frees, a model
+    # loads or fails, the doorbell rings (store/doorbell.py) or the engine stops.
+    wake: threading.Event = field(default_factory=threading.Event)
 
     def register(self, ledger: Ledger) -> None:
         with self.lock:

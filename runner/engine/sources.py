@@ -76,6 +76,11 @@ class Source(Protocol):
         ...
 
     def changed_since(self, version: int) -> tuple[bool, int]: ...
+    def listen(self, on_change: Callable[[], None]) -> bool:
+        """Call `on_change` when another process commits what the engine must act on at once (a
+        batch started, a cancel); True if it can, so the feeder need not check changed_since often."""
+        ...
+
     def active(self) -> list[BatchInfo]: ...
     def feeds(self, info: BatchInfo) -> list[FeedPlan]: ...
     def open_ledger(self, batch_id: str, max_line_bytes: int) -> Ledger | None: ...
@@ -135,6 +140,9 @@ class StoreSource:
 
     def changed_since(self, version: int) -> tuple[bool, int]:
         return self.store.changed_since(version)
+
+    def listen(self, on_change: Callable[[], None]) -> bool:
+        return self.store.bell.listen(on_change)  # the API rings it (store/doorbell.py)
 
     def active(self) -> list[BatchInfo]:
         return [BatchInfo(id=r["id"], seq=int(r["seq"]), status=r["status"], model=r["model"] or "",
@@ -203,4 +211,5 @@ class StoreSource:
         self.stats.model_loads(loads)
 
     def close(self) -> None:
+        self.store.bell.close()
         self.db.close()

@@ -13,6 +13,7 @@ import orjson
 from runner.errors import Conflict, InvalidRequest, NotFound
 from runner.ids import new_file_id
 from runner.store.db import Database
+from runner.store.doorbell import BELL_FILE, Doorbell
 from runner.store.files import FileStore
 from runner.store.stats import add_sample, drop_samples
 from runner.store.transitions import STAMP, TERMINAL, check_transition
@@ -60,6 +61,8 @@ class BatchStore:
     def __init__(self, db: Database, files: FileStore) -> None:
         self.db = db
         self.files = files
+        # rung after each commit the engine must act on at once (a start, a cancel): doorbell.py
+        self.bell = Doorbell(db.path.parent / BELL_FILE)
 
     # -- API side ----------------------------------------------------------------------------------
     def create(
@@ -157,6 +160,8 @@ class BatchStore:
                     # finish the cancel here, or a batch cancelled mid-validation would sit in
                     # `cancelling` forever (the validator skips any batch no longer `validating`).
                     self._set_status(conn, batch_id, "cancelling", "cancelled", now)
+        if status not in ("validating", "cancelling", "cancelled"):
+            self.bell.ring()  # the engine aborts its lines now, not at its next poll
         return self.get(owner, batch_id)
 
     # -- validation outcome ------------------------------------------------------------------------
@@ -207,6 +212,7 @@ class BatchStore:
             for fid in (out_id, err_id):
                 self.files.path_of(fid).unlink(missing_ok=True)
             raise
+        self.bell.ring()  # committed: the engine starts feeding it now, not at its next poll
         return True
 
     def fail_validation(self, batch_id: str, errors: list[dict[str, Any]], now: int, *, model: str | None) -> bool:

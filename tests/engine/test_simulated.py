@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -116,11 +117,13 @@ def test_factory_picks_backends() -> None:
     assert resolve_backend(auto, Settings(backend="simulated")) == "simulated"
 
 
-def test_window_bounds() -> None:
-    w = Window(3)
+def test_window_bounds_and_wakes_the_feeder() -> None:
+    wake = threading.Event()
+    w = Window(3, wake)
     assert w.take_up_to(2) == 2 and w.take_up_to(5) == 1 and w.take_up_to(1) == 0
-    assert not w.wait_room(0.01)
-    w.give(2)
-    assert w.wait_room(0.01) and w.used == 1
+    w.give(1, wake=False)  # the feeder handing back room it did not fill must not wake itself
+    assert not wake.is_set() and w.used == 2
+    w.give(1)
+    assert wake.is_set() and w.used == 1
     w.give(9)  # more than taken: never below zero
     assert w.used == 0 and w.take_up_to(10) == 3
