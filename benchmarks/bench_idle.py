@@ -60,12 +60,14 @@ def one(tree: Path, tmp: Path, name: str, seconds: float) -> dict[str, float]:
                 b = c.get(f"/v1/batches/{b['id']}").json()
         time.sleep(3)
         pids = tree_pids(server.proc.pid)
+        roles = {p: "engine" if " runner engine" in process_name(p) else "api" if p == server.proc.pid else None
+                 for p in pids}
         before = cpu_seconds(pids)
         time.sleep(seconds)
         after = cpu_seconds(pids)
     out = {"api": 0.0, "engine": 0.0}
     for pid, cpu in after.items():
-        role = "engine" if " runner engine" in process_name(pid) else "api" if pid == server.proc.pid else None
+        role = roles[pid]
         if role is not None:
             out[role] += (cpu - before.get(pid, 0.0)) * 60.0 / seconds
     return out

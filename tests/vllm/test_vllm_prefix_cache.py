@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vllm_helpers import CHILD_ENV, TINY_ENGINE_ARGS, make_tiny_llama, skip_unless_vllm
+from vllm_helpers import CHILD_ENV, TINY_ENGINE_ARGS, engine_args_yaml, make_tiny_llama, skip_unless_vllm
 
 skip_unless_vllm()
 from engine.test_server import Server, _exactly_once, _jsonl, _wait  # noqa: E402
@@ -29,8 +29,7 @@ SHARED_TOKENS = (600, 700)
 
 
 def _models_yaml(tiny: Path) -> str:
-    args = {**TINY_ENGINE_ARGS, "max_model_len": MAX_MODEL_LEN, "enable_prefix_caching": True}
-    lines = "\n".join(f"      {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in args.items())
+    lines = engine_args_yaml({**TINY_ENGINE_ARGS, "max_model_len": MAX_MODEL_LEN, "enable_prefix_caching": True})
     return f"""
 models:
   - id: tiny-chat

@@ -20,7 +20,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from vllm_helpers import DEVICE, REPO, TINY_ENGINE_ARGS, child_env, descendants, make_tiny_llama, skip_unless_vllm
+from vllm_helpers import (
+    DEVICE,
+    REPO,
+    TINY_ENGINE_ARGS,
+    child_env,
+    descendants,
+    engine_args_yaml,
+    make_tiny_llama,
+    skip_unless_vllm,
+)
 
 skip_unless_vllm()
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -42,7 +51,7 @@ def _free_port() -> int:
 
 
 def _models_yaml(tiny: Path) -> str:
-    args = "\n".join(f"      {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in TINY_ENGINE_ARGS.items())
+    args = engine_args_yaml(TINY_ENGINE_ARGS)
     emb_args = args.replace("gpu_memory_utilization: 0.25", "gpu_memory_utilization: 0.1")
     return f"""
 models:

@@ -130,6 +130,12 @@ def make_tiny_llama(out: Path) -> Path:
     return out
 
 
+def engine_args_yaml(args: dict, indent: int = 6) -> str:
+    """`engine_args` as the lines of a models.yaml block (booleans written as YAML's true/false)."""
+    pad = " " * indent
+    return "\n".join(f"{pad}{k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in args.items())
+
+
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
     env.update(CHILD_ENV)
