@@ -7,7 +7,8 @@
     # quick look (1 repeat, small files): --repeats 1 --scale 0.25
     # a GPU: bigger files and a bigger cache, e.g. --scale 20 --kv-cache-gib 4 --engine-args '{...}'
 
-Sides (each repeat runs every side once, in turn, so drift on a noisy machine hits all alike):
+Sides (each repeat runs every side once, in turn, so drift on a noisy machine hits all alike; the
+sides not running are frozen with SIGSTOP meanwhile, since an idle vLLM on the CPU still polls):
   raw          raw vLLM: `LLM.chat` on every line of the file, in file order, in one call (what
                `vllm bench throughput` times); timed around the call
   raw-sorted   the same engine on the same kind of file pre-sorted the way an oracle would: lines
@@ -54,6 +55,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,7 +96,8 @@ if __name__ == "__main__":  # vLLM's engine core starts with spawn and re-import
 WORKLOADS = ("shared-prefix", "shared-system", "long-tail", "uniform")
 SIDES = ("raw", "raw-sorted", "runner")
 # optional sides: runner with one setting changed (its pipeline without its ordering; without vLLM's stats)
-VARIANTS = {"runner-file": {"RUNNER_ADMISSION_ORDER": "file"}, "runner-nostats": {"RUNNER_VLLM_METRICS": "0"}}
+VARIANTS = {"runner-file": {"RUNNER_ADMISSION_ORDER": "file"}, "runner-nostats": {"RUNNER_VLLM_METRICS": "0"},
+            "runner-wide": {"RUNNER_MAX_INFLIGHT": "4096"}, "runner-nonice": {"RUNNER_HELPER_NICE": "0"}}
 ALL_SIDES = (*SIDES, *VARIANTS)
 
 # Common English words: about one token each with a space in front, for SmolLM2's tokenizer and most
@@ -233,7 +236,11 @@ class RunnerSide:
                 "engine_args": cfg["engine_args"]}
         models.write_text(json.dumps({"models": [spec]}))  # JSON is YAML
         self.data = tmp / f"runner-data-{name}"
-        self.server = Server(self.data, models, env={"RUNNER_DATA_DIR": str(self.data), **env})
+        # RUNNER_ENGINE_STALL_TIMEOUT: this side sits frozen (SIGSTOP) while another runs, up to a minute
+        # or more; thawed, its heartbeat is that old until the next beat, and the watchdog must not
+        # take that for a frozen engine
+        self.server = Server(self.data, models, env={"RUNNER_DATA_DIR": str(self.data),
+                                                     "RUNNER_ENGINE_STALL_TIMEOUT": "86400", **env})
         t0 = time.perf_counter()
         self.server.wait_ready(timeout=120)
         self.rss = TreeRss(self.server.proc.pid)
@@ -282,6 +289,14 @@ class RunnerSide:
         self.server.stop()
         shutil.rmtree(self.data, ignore_errors=True)
         return peak
+
+
+def _signal_tree(pid: int, sig: int) -> None:
+    for p in tree_pids(pid):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _cpu_split(before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
@@ -366,12 +381,21 @@ def main() -> int:
                         inp = _write(tmp / f"{wl}-{side}.jsonl", lines)
                         print(f"[{rep + 1}/{args.repeats}] {wl} {side} ({len(lines)} lines) ...", file=sys.stderr,
                               flush=True)
+                        # The other sides' processes are frozen (SIGSTOP) while this one runs: an idle
+                        # vLLM on the CPU still polls (about 1 CPU-s per 20 s run here), and each side
+                        # should have the machine to itself, as it would in use.
+                        idle = [h.pid for k, h in handles.items() if k != key]
+                        for pid in idle:
+                            _signal_tree(pid, signal.SIGSTOP)
                         pids = tree_pids(handles[key].pid)
                         before = cpu_seconds(pids)
                         try:
                             r = handles[key].run(inp)
                         except Exception as exc:
                             r = {"error": str(exc)[:500]}
+                        finally:
+                            for pid in idle:
+                                _signal_tree(pid, signal.SIGCONT)
                         r.update(_cpu_split(before, cpu_seconds(pids)))
                         r.update(workload=wl, side=side, repeat=rep, lines=len(lines))
                         if r.get("seconds", 0) > 0 and r.get("rows") == len(lines):

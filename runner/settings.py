@@ -166,6 +166,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_inflight", "RUNNER_MAX_INFLIGHT", 0, "Lines in flight in the engine (0 = backend default).", int
     ),
+    Setting("helper_nice", "RUNNER_HELPER_NICE", 10,
+            "Niceness added to the engine's helper threads (feeder, writer, heartbeat): on a small CPU box "
+            "the model's kernels go first and runner's bookkeeping fills the gaps (0 = off).", int),
     Setting("admission_lookahead", "RUNNER_ADMISSION_LOOKAHEAD", 2048,
             "Lines per model the engine reads ahead to choose their order (shared prefixes together, long "
             "answers first); the batches of a model share it, with at most 64 MiB of lines (0 = file order).",
@@ -266,6 +269,7 @@ class Settings:
     vllm_cpu_reserved_cpus: int = -1
     vllm_metrics: bool = True
     max_inflight: int = 0
+    helper_nice: int = 10
     admission_lookahead: int = 2048
     admission_order: str = "prefix"
     deadline_max_weight: float = 64.0

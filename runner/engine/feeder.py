@@ -54,6 +54,7 @@ from runner.engine.ledger import Ledger, LineSet
 from runner.engine.lookahead import Lookahead, Pool, describe
 from runner.engine.lookahead import pool as lookahead_pool
 from runner.engine.messages import Abort, Check, Close, EngineState, Feed, Load, Result, Results
+from runner.engine.niceness import nice_this_thread
 from runner.engine.shares import Shares
 from runner.engine.sources import BatchInfo, FeedPlan, Route, Source
 from runner.errors import LineError
@@ -202,6 +203,7 @@ class Feeder(threading.Thread):
         self.shares: dict[str, Shares] = {}  # model -> its owners' and batches' virtual times
 
     def run(self) -> None:
+        nice_this_thread(self.settings.helper_nice)
         try:
             self.models.reset()
             # With a doorbell (store/doorbell.py) the API says when a batch starts or is cancelled, so

@@ -34,6 +34,7 @@ import orjson
 
 from runner.engine.ledger import Ledger
 from runner.engine.messages import STOP, Check, Close, EngineState, Result, Results
+from runner.engine.niceness import nice_this_thread
 from runner.engine.sources import Source
 from runner.engine.stats import EngineReporter
 from runner.ids import new_line_id, new_request_id
@@ -64,6 +65,7 @@ class Writer(threading.Thread):
         self.reporter = EngineReporter(state)  # in-flight lines, model loads, vLLM's metrics (GET /metrics)
 
     def run(self) -> None:
+        nice_this_thread(self.settings.helper_nice)
         try:
             self._run()
         except BaseException as exc:

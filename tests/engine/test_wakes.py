@@ -4,6 +4,9 @@ so anything that finishes in seconds was woken, not polled."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,3 +57,17 @@ def test_an_idle_feeder_sleeps(harness: Harness) -> None:
     time.sleep(1.5)
     # before the doorbell it looked at the database every 10 ms: ~150 passes here
     assert engine.feeder.passes - before <= 5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="niceness is per thread on Linux only")
+def test_helper_threads_run_niced_and_the_loop_does_not(harness: Harness) -> None:
+    engine = harness.start_engine()
+    b = harness.submit([chat_line(i) for i in range(3)])
+    harness.wait_status(b["id"], "completed", timeout=10)
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    loop_thread = engine._thread
+    assert loop_thread is not None and loop_thread.native_id is not None
+    assert os.getpriority(os.PRIO_PROCESS, loop_thread.native_id) == base  # it feeds vLLM: never niced
+    for thread in (engine.feeder, engine.writer):
+        assert thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, base + harness.settings.helper_nice)
