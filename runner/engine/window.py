@@ -1,11 +1,10 @@
 """Window: the engine's bound on lines in flight (read from the input, not yet handed to the writer).
 
 The feeder takes the free slots before each feeding pass (and gives back those it did not fill); the
-loop gives a line's slot back when its result (or its abort) leaves the loop, which wakes the
-feeder if it sleeps. One window per loaded
-model, sized by settings.max_inflight or the backend's default_max_inflight. Memory stays flat
-whatever the input size, and a crash redoes at most the window plus the lines written since the
-last checkpoint.
+loop gives a line's slot back when its result (or its abort) leaves the loop, which wakes the feeder
+if it sleeps. One window per loaded model, sized by settings.max_inflight or the backend's
+default_max_inflight. Memory stays flat whatever the input size, and a crash redoes at most the
+window plus the lines written since the last checkpoint.
 """
 
 from __future__ import annotations
