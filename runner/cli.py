@@ -101,8 +101,7 @@ def check_config(settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn  # noqa: PLC0415
-
+    from runner.api import http_server  # noqa: PLC0415
     from runner.api.app import create_app  # noqa: PLC0415
     from runner.api.connections import protocol_class  # noqa: PLC0415
     from runner.log import configure_logging  # noqa: PLC0415
@@ -121,7 +120,8 @@ def serve(settings: Settings) -> None:
                        settings.host, settings.port)
     app = create_app(settings, registry, background=engine_supervisor(settings) if settings.engine else None)
     # uvicorn's httptools parser and uvloop (both dependencies, so "auto" picks them), with runner's
-    # limits on header size, header time and open connections (api/connections.py, #14).
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+    # limits on header size, header time and open connections (api/connections.py, #14), on a server
+    # that ticks once a second, not ten times (api/http_server.py).
+    http_server.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 access_log=False, timeout_graceful_shutdown=5, http=protocol_class(settings),
                 timeout_keep_alive=settings.keep_alive_timeout)  # type: ignore[arg-type]

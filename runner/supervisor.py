@@ -25,7 +25,7 @@ from runner.engine.heartbeat import read_heartbeat
 from runner.settings import Settings
 from runner.watchdog import PENDING_SQL, Watchdog
 
-WATCH_INTERVAL = 0.5
+WATCH_INTERVAL = 1.0  # the engine beats every second (heartbeat.INTERVAL): reading it more often finds nothing new
 PROGRESS_INTERVAL = 2.0
 
 logger = logging.getLogger(__name__)

@@ -127,3 +127,23 @@ def test_window_bounds_and_wakes_the_feeder() -> None:
     assert wake.is_set() and w.used == 1
     w.give(9)  # more than taken: never below zero
     assert w.used == 0 and w.take_up_to(10) == 3
+
+
+def test_a_window_wakes_the_feeder_once_a_quarter_of_it_is_free() -> None:
+    wake = threading.Event()
+    w = Window(64, wake)
+    assert w.take_up_to(64) == 64
+    for _ in range(15):
+        w.give(1)
+    assert not wake.is_set(), "woken before a quarter of the window was free"
+    w.give(1)
+    assert wake.is_set() and w.used == 48
+    wake.clear()
+    w.give(1)  # still more than a quarter free (the feeder has not refilled yet): wakes again
+    assert wake.is_set()
+    wake.clear()
+    assert w.take_up_to(64) == 17
+    w.give(1)
+    assert not wake.is_set()
+    w.give(63)  # empty: always wakes
+    assert wake.is_set() and w.used == 0
