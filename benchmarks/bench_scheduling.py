@@ -15,8 +15,10 @@ sides not running are frozen with SIGSTOP meanwhile, since an idle vLLM on the C
                grouped by their first message (the shared document / system prompt) and by prompt
                text, groups with the longest max_tokens first. The headroom ordering has.
   runner       `runner serve` with backend vllm (admission order as main has it: RUNNER_ADMISSION_ORDER
-               default), the model loaded and warmed by an untimed batch, then upload -> create -> poll
-               until completed over HTTP (every quarter of the time the progress says is left, 0.05-0.5 s)
+               default), the model loaded and warmed by an untimed batch, then upload -> create -> the
+               batch's ending webhook (a receiver in this process, registered for every ending event:
+               the engine rings the API the moment it ends a batch, so the end is timed to a few ms
+               without polling; a GET every 2 s is the backstop), then one GET for the counts
   runner-nostats (optional, --sides) the same with RUNNER_VLLM_METRICS=0: vLLM's per-step stats off
   runner-file  (optional, --sides) the same with RUNNER_ADMISSION_ORDER=file: runner's pipeline
                alone, without its ordering
@@ -51,6 +53,7 @@ runner/raw-sorted. Writes benchmarks/results/scheduling-<label>-<date>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -225,6 +228,45 @@ class RawWorker:
         return self.rss.stop()
 
 
+class Endings:
+    """A local receiver of runner's batch-ending webhooks: wait(batch_id) returns once its event came."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.ended: set[str] = set()
+        self.cond = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    batch_id = json.loads(body)["data"]["id"]
+                    with outer.cond:
+                        outer.ended.add(batch_id)
+                        outer.cond.notify_all()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ended"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, batch_id: str, timeout: float) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: batch_id in self.ended, timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class RunnerSide:
     """`runner serve` with backend vllm, loaded once by a warm-up batch (warm_lines)."""
 
@@ -246,6 +288,12 @@ class RunnerSide:
         self.rss = TreeRss(self.server.proc.pid)
         self.pid = self.server.proc.pid
         self.client = httpx.Client(base_url=self.server.base, timeout=300)
+        self.endings = Endings()
+        hook = self.client.post("/v1/webhook_endpoints", json={
+            "name": "bench", "url": self.endings.url,
+            "event_types": ["batch.completed", "batch.failed", "batch.expired", "batch.cancelled"]})
+        if hook.status_code != 200:
+            raise RuntimeError(f"webhook endpoint not created: {hook.text[:500]}")
         b = self.batch(_write(tmp / f"warm-{name}.jsonl", warm_lines("bench", f"warm/{name}")))
         if b["status"] != "completed":
             raise RuntimeError(f"runner warm-up batch ended {b['status']}; see {self.server.log.name}")
@@ -259,17 +307,12 @@ class RunnerSide:
                                         "completion_window": "24h"}).json()
         if "status" not in b:
             raise RuntimeError(f"batch not created: {b}")
-        started = time.perf_counter()
+        # The ending webhook says when it ended, to a few ms and with no polling while it runs (a poll
+        # costs the server ~1 ms of CPU and this client as much, taken from vLLM's cores, and a
+        # progress-paced poll still saw the end up to 0.27 s late: the last lines of a file finish
+        # together). A GET every 2 s backs it up.
         while b["status"] not in ("completed", "failed", "expired", "cancelled"):
-            # A quarter of the time the rows so far say is left, 0.05-0.5 s (0.25 s before the first
-            # row): the end is still timed to ~50 ms, and the polls (~1 ms of the server's CPU and
-            # as much of this client's each) are not taken from vLLM's two cores 10 times a second,
-            # as a fixed 0.1 s poll did (about 0.3 CPU-s of a 20 s run, ~1% of this box)
-            counts = b.get("request_counts") or {}
-            done, total = counts.get("completed", 0) + counts.get("failed", 0), counts.get("total", 0)
-            elapsed = time.perf_counter() - started
-            left = (total - done) * elapsed / done if done and total else 1.0
-            time.sleep(min(0.5, max(0.05, left / 4)))
+            self.endings.wait(b["id"], 2.0)
             b = c.get(f"/v1/batches/{b['id']}").json()
         return dict(b)
 
@@ -285,6 +328,7 @@ class RunnerSide:
 
     def close(self) -> float:
         peak = self.rss.stop()
+        self.endings.close()
         self.client.close()
         self.server.stop()
         shutil.rmtree(self.data, ignore_errors=True)

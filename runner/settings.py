@@ -221,7 +221,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("webhook_concurrency", "RUNNER_WEBHOOK_CONCURRENCY", 8,
             "Webhook deliveries in flight at once.", int),
     Setting("webhook_poll_interval", "RUNNER_WEBHOOK_POLL_INTERVAL", 1.0,
-            "Seconds between looks at the webhook outbox for deliveries that are due.", float),
+            "Seconds between looks at the webhook outbox for deliveries that are due (retries; the engine "
+            "rings the API when it ends a batch, so an ending's event goes out at once).", float),
     Setting("webhook_disable_failures", "RUNNER_WEBHOOK_DISABLE_FAILURES", 20,
             "Failed deliveries in a row (spanning RUNNER_WEBHOOK_DISABLE_SECONDS) that disable an endpoint.",
             int),

@@ -221,3 +221,22 @@ def test_webhooks_for_each_ending_across_a_restart(tmp_path: Path, receiver: Rec
             c.webhooks.retrieve(down.id)
     finally:
         s.stop()
+
+
+def test_the_engine_rings_the_api_so_an_ending_is_delivered_at_once(tmp_path: Path, receiver: Receiver) -> None:
+    """The engine ends a batch and rings api.bell: the event goes out at once, though the worker's timed
+    look at the outbox comes only every 30 s here (without the ring it would wait for that)."""
+    rx = receiver
+    s = _server(tmp_path, {"RUNNER_WEBHOOK_POLL_INTERVAL": "30"})
+    try:
+        c = s.client
+        ok = c.webhooks.create(name="completions", url=rx.url + "/ok", event_types=["batch.completed"])
+        time.sleep(0.5)  # the worker has made its first look and sleeps for 30 s now
+        completed = _submit(c, _lines(3))
+        _until(lambda: c.batches.retrieve(completed).status == "completed", "the batch to complete")
+        ended = time.monotonic()
+        event, _ = _event(c, rx, "/ok", completed, ok.signing_secret)
+        assert event.type == "batch.completed"
+        assert time.monotonic() - ended < 5, "delivered only by the timed look, not at the engine's ring"
+    finally:
+        s.stop()

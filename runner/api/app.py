@@ -25,6 +25,7 @@ from runner.api.webhook_delivery import WebhookWorker
 from runner.errors import ApiError, ServiceUnavailable, clip, openai_error_body
 from runner.model_specs import ModelRegistry, load_model_specs
 from runner.settings import Settings
+from runner.store.doorbell import API_BELL_FILE, Doorbell
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ def create_app(
         webhook_worker = WebhookWorker(services.webhooks, settings)
         loop = asyncio.get_running_loop()
         services.wake_webhooks = lambda: loop.call_soon_threadsafe(webhook_worker.wake.set)
+        # The engine rings api.bell when it ends a batch: its webhook event goes out now, not at the
+        # worker's next timed look (store/doorbell.py).
+        api_bell = Doorbell(settings.data_path / API_BELL_FILE)
+        api_bell.listen_on_loop(loop, webhook_worker.wake.set)
         deliveries = asyncio.create_task(webhook_worker.run(stop_sweeping))
         try:
             if background is not None:
@@ -152,6 +157,7 @@ def create_app(
             stop_sweeping.set()
             await sweeper
             await deliveries
+            api_bell.close_on_loop(loop)
             await asyncio.to_thread(services.close)
 
     app = Starlette(

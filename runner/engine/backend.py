@@ -4,7 +4,9 @@ simulated) implements Backend; the engine loop knows nothing else about models.
 Contract, shared by all backends:
 - `add(req)` queues one input line. It converts the OpenAI body into the backend's input and raises
   LineError for a body it cannot run (bad parameter, prompt over the context, unsupported option):
-  the engine then writes that line's 4xx row at once. A line may fan out into several model
+  the engine then writes that line's 4xx row at once. A backend may hand the line to its engine
+  later (vLLM: at the next step(), with the turn's other lines); a refusal found only then comes
+  back from step() as the line's 4xx LineResult. A line may fan out into several model
   requests (n > 1, a list of prompts); the backend gathers them into one LineResult.
 - `step()` advances the work and returns the lines that finished, each exactly once. It may block
   while it computes, but is never called when `has_unfinished()` is False.

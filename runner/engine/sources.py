@@ -28,6 +28,7 @@ from runner.engine.ledger import Ledger, Totals
 from runner.errors import ConfigError, Conflict, LineError
 from runner.settings import Settings
 from runner.store import BatchStore, Database, FileStore, ModelStates, StatsStore
+from runner.store.doorbell import API_BELL_FILE, Doorbell
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class StoreSource:
         self.stats = StatsStore(self.db)
         self.lock_path = settings.data_path / "engine.lock"
         self.handles = HandlePool()  # every running batch's output and error files share it
+        self.api_bell = Doorbell(settings.data_path / API_BELL_FILE)
 
     def acquire(self, stopping: threading.Event) -> IO[bytes] | None:
         return flock(self.lock_path, stopping)  # a restarting server waits for the old engine to go
@@ -195,6 +197,9 @@ class StoreSource:
                     self.store.transition(batch_id, "cancelled", now, errors=errors)
                 else:
                     return status
+                # ended: the API sends the ending's webhook event now, not at its next timed look
+                # at the outbox (store/doorbell.py); the loop reads the status it ended in
+                self.api_bell.ring()
             except Conflict:
                 continue  # the status moved under us (a cancel): read it again
         row = self.store.get_any(batch_id)

@@ -210,6 +210,8 @@ class VllmBackend(Backend):
         # tokenizer's own template, as `vllm serve` without --chat-template.
         self._chat_template: str | None = getattr(self._llm, "chat_template", None)
         self._tracker = LineTracker()
+        # lines prepared by add() and not yet given to vLLM: key, request ids, inputs, params, priority
+        self._to_send: list[tuple[str, list[str], list[Any], list[Any], int]] = []
         self._sleeping = False
         self._closed = False
         max_num_seqs = int(self._engine.vllm_config.scheduler_config.max_num_seqs)
@@ -260,19 +262,27 @@ class VllmBackend(Backend):
         self._submit(line, inputs, params, priority)
 
     def step(self) -> list[LineResult]:
+        failed = self._send_queued() if self._to_send else []
         if not self._engine.has_unfinished_requests():
             # Nothing in the engine but lines still tracked would be a bug; never block in step().
             lost = self._tracker.keys()
             self._tracker.forget(lost)
-            return [error_result(k, 500, "the engine lost this request; retry it", "engine_error") for k in lost]
+            return failed + [error_result(k, 500, "the engine lost this request; retry it", "engine_error")
+                             for k in lost]
         try:
             outputs = self._engine.step()
         except self._api.EngineDeadError as exc:
             raise EngineDead(f"vLLM engine died: {exc}") from exc
-        return self._tracker.on_outputs(outputs)
+        return failed + self._tracker.on_outputs(outputs)
 
     def abort(self, keys: Iterable[str]) -> None:
-        ids = self._tracker.forget(keys)
+        keys = list(keys)
+        unsent: set[str] = set()
+        if self._to_send:  # lines vLLM never got: dropped here, nothing to abort there
+            gone = set(keys)
+            unsent = {rid for key, ids, *_ in self._to_send if key in gone for rid in ids}
+            self._to_send = [q for q in self._to_send if q[0] not in gone]
+        ids = [rid for rid in self._tracker.forget(keys) if rid not in unsent]
         if ids:
             self._engine.abort_request(ids)
 
@@ -284,6 +294,7 @@ class VllmBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        self._to_send = []
         self._tracker.forget(self._tracker.keys())
         engine = getattr(self, "_engine", None)
         try:
@@ -364,20 +375,37 @@ class VllmBackend(Backend):
     # -- request conversion -----------------------------------------------------------------
 
     def _submit(self, line: PendingLine, inputs: list[Any], params: list[Any], priority: int) -> None:
+        """Track the line now; hand its requests to vLLM at the next step(), with the others of this turn.
+
+        Each add_request is a message to the EngineCore process, and each message a chain of wakeups
+        (this process's ZMQ thread, the EngineCore's ZMQ and input threads). Sent one by one between
+        request preparations, every line paid that chain while vLLM computed; on a small CPU box
+        each wakeup stalls its spinning OpenMP workers (#16). Sent back to back, the chain carries
+        the whole turn's lines at once, as LLM.generate sends its list."""
         ids = self._tracker.add(line)
-        added: list[str] = []
-        try:
-            for rid, engine_input, p in zip(ids, inputs, params, strict=True):
-                self._engine.add_request(rid, engine_input, p, priority=priority)
-                added.append(rid)
-        except self._api.EngineDeadError as exc:
-            self._tracker.forget([line.key])
-            raise EngineDead(str(exc)) from exc
-        except Exception as exc:
-            self._tracker.forget([line.key])
-            if added:
-                self._engine.abort_request(added)
-            raise LineError(_message(exc)) from exc
+        self._to_send.append((line.key, ids, inputs, params, priority))
+
+    def _send_queued(self) -> list[LineResult]:
+        """add_request for every line queued since the last step; a row for each vLLM refused."""
+        queued, self._to_send = self._to_send, []
+        failed: list[LineResult] = []
+        for key, ids, inputs, params, priority in queued:
+            if key not in self._tracker:
+                continue  # aborted before it was sent
+            added: list[str] = []
+            try:
+                for rid, engine_input, p in zip(ids, inputs, params, strict=True):
+                    self._engine.add_request(rid, engine_input, p, priority=priority)
+                    added.append(rid)
+            except self._api.EngineDeadError as exc:
+                raise EngineDead(str(exc)) from exc
+            except Exception as exc:  # the input processor's checks: a 400 row, as add() would have raised
+                self._tracker.forget([key])
+                if added:
+                    self._engine.abort_request(added)
+                error = LineError(_message(exc))
+                failed.append(LineResult(key, error.status, error.body()))
+        return failed
 
     def _model_name(self, body: dict[str, Any]) -> str:
         return str(body.get("model") or self.spec.id)

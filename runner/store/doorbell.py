@@ -10,10 +10,15 @@ without FIFOs).
 
 Ringing never blocks and never fails the caller: no engine listening (ENXIO), no FIFO yet (ENOENT)
 and a pipe already full of unread rings (EAGAIN: a wake is pending anyway) are all fine.
+
+The other way round, `api.bell`: the engine rings it after it ends a batch, and the API's webhook
+worker (listening on its event loop, listen_on_loop) sends the batch's webhook event at once
+instead of at its next timed look at the outbox (RUNNER_WEBHOOK_POLL_INTERVAL).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
@@ -26,6 +31,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 BELL_FILE = "engine.bell"
+API_BELL_FILE = "api.bell"
 
 
 class Doorbell:
@@ -53,15 +59,7 @@ class Doorbell:
         """Call `on_ring` (from a thread of its own) each time the bell rings; False where no FIFO
         can be made here (the caller then keeps checking often)."""
         try:
-            try:
-                os.mkfifo(self.path, 0o600)
-            except FileExistsError:
-                if not stat.S_ISFIFO(os.stat(self.path).st_mode):
-                    os.unlink(self.path)  # a stray file where the bell goes: runner owns that name
-                    os.mkfifo(self.path, 0o600)
-            # O_RDWR: the pipe always has a writer (this process), so reads block instead of seeing
-            # end-of-file whenever the last API closes it.
-            self._fd = os.open(self.path, os.O_RDWR)
+            self._fd = self._open(0)
         except OSError as exc:
             logger.warning("no doorbell at %s (%s); the engine checks for new batches every 10 ms instead",
                            self.path, exc)
@@ -70,6 +68,41 @@ class Doorbell:
                                         daemon=True)
         self._thread.start()
         return True
+
+    def _open(self, flags: int) -> int:
+        try:
+            os.mkfifo(self.path, 0o600)
+        except FileExistsError:
+            if not stat.S_ISFIFO(os.stat(self.path).st_mode):
+                os.unlink(self.path)  # a stray file where the bell goes: runner owns that name
+                os.mkfifo(self.path, 0o600)
+        # O_RDWR: the pipe always has a writer (this process), so reads block (or, non-blocking,
+        # find nothing) instead of seeing end-of-file whenever the last ringer closes it.
+        return os.open(self.path, os.O_RDWR | flags)
+
+    def listen_on_loop(self, loop: asyncio.AbstractEventLoop, on_ring: Callable[[], None]) -> bool:
+        """Call `on_ring` on `loop` each time the bell rings (no thread: the loop watches the pipe);
+        False where no FIFO can be made here. close_on_loop(loop) stops it."""
+        try:
+            self._fd = fd = self._open(os.O_NONBLOCK)
+        except OSError as exc:
+            logger.warning("no doorbell at %s (%s); relying on the timed poll", self.path, exc)
+            return False
+
+        def readable() -> None:
+            with contextlib.suppress(OSError):  # EAGAIN: drained
+                while os.read(fd, 4096):  # every ring so far: one call covers them all
+                    pass
+            on_ring()
+
+        loop.add_reader(fd, readable)
+        return True
+
+    def close_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def _listen(self, fd: int, on_ring: Callable[[], None]) -> None:
         while not self._closed.is_set():

@@ -207,6 +207,46 @@ print(json.dumps(errors))
     assert res["image"][2] == "model_not_multimodal" and "has no vision" in res["image"][1]
 
 
+def test_a_turns_lines_reach_vllm_together_at_the_next_step(tiny: str) -> None:
+    """add() prepares and tracks a line; vLLM gets the turn's lines back to back at the next step()
+    (one chain of ZMQ wakeups, not one per line: #16). A line aborted before that step never reaches
+    vLLM, and one vLLM's input processor refuses comes back from step() as its 400 row."""
+    res = _child(
+        tiny,
+        """
+b = make(PATH)
+sent = []
+add_request = b._engine.add_request
+def counting(request_id, *args, **kwargs):
+    sent.append(request_id)
+    return add_request(request_id, *args, **kwargs)
+b._engine.add_request = counting
+for i in range(6):
+    b.add(line(f"b:{i}", "/v1/completions", {"model": "tiny", "prompt": "Hello", "max_tokens": 4, "ignore_eos": True}))
+refused = None
+try:
+    b.add(line("b:oov", "/v1/completions", {"model": "tiny", "prompt": [10 ** 7], "max_tokens": 4}))
+except LineError as e:
+    refused = ["add", e.status, e.message]
+before = len(sent)
+b.abort(["b:0", "b:1"])
+done = {}
+while b.has_unfinished():
+    for r in b.step():
+        done[r.key] = [r.status_code, (r.body.get("error") or {}).get("message")]
+assert not b._engine.has_unfinished_requests()
+b.close()
+print(json.dumps({"before": before, "sent": len(sent), "done": done, "refused": refused}))
+""",
+    )
+    assert res["before"] == 0, "a line reached vLLM before the step"
+    assert sorted(res["done"]) == ["b:2", "b:3", "b:4", "b:5", "b:oov"], res["done"]
+    assert all(res["done"][f"b:{i}"][0] == 200 for i in range(2, 6))
+    assert res["refused"] is None, "refused while preparing: this line no longer tests the step's refusal"
+    assert res["done"]["b:oov"][0] == 400 and res["done"]["b:oov"][1], res["done"]["b:oov"]
+    assert res["sent"] == 5  # the aborted lines were never sent (the refused one was)
+
+
 def test_cancel_mid_run(tiny: str) -> None:
     res = _child(
         tiny,
