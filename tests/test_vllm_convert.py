@@ -344,6 +344,7 @@ def _bare_backend(engine: FakeEngine) -> Any:
     backend.spec = ModelSpec(id="m", backend="vllm", path="/x")
     backend._engine = engine
     backend._tracker = LineTracker()
+    backend._to_send = []
     backend._api = SimpleNamespace(EngineDeadError=DeadError)
     backend._closed = False
     return backend
@@ -376,6 +377,36 @@ def test_backend_step_abort_and_never_steps_empty() -> None:
     assert [c["index"] for c in results[0].body["choices"]] == [0, 1]
     assert results[0].usage == Usage(prompt_tokens=2, completion_tokens=2, cached_tokens=0)
     assert not backend.has_unfinished()
+
+
+def test_backend_sends_a_turns_lines_at_the_next_step() -> None:
+    """_submit tracks a line and queues it; step() hands the queue to vLLM back to back first. A line
+    aborted before then is never sent (nor aborted in vLLM); one vLLM refuses becomes its 400 row."""
+    engine = FakeEngine()
+    sent: list[str] = []
+
+    def add_request(rid: str, engine_input: Any, params: Any, priority: int = 0) -> None:
+        if engine_input == "refuse":
+            raise ValueError("Token id 10000000 is out of vocabulary")
+        sent.append(rid)
+        engine.requests[rid] = FakeRequestOutput(rid, [1], [FakeCompletion(0, "x", [2])])
+
+    engine.add_request = add_request  # type: ignore[attr-defined]
+    backend = _bare_backend(engine)
+    for key, engine_input in (("b:1", "ok"), ("b:2", "ok"), ("b:3", "refuse"), ("b:4", "ok")):
+        line = PendingLine(key, "/v1/completions", "m", 1,
+                           lambda outs: completion_body(outs, CompletionOptions(), model="m", decode=decode))
+        backend._submit(line, [engine_input], [None], 0)
+    assert sent == [] and backend.has_unfinished()
+    backend.abort(["b:2"])
+    assert engine.aborted == []  # never sent: nothing to abort in vLLM
+    results = backend.step()
+    assert sent == ["b:1#0", "b:4#0"]  # both sent before the engine stepped
+    assert [r.key for r in results if r.status_code == 400] == ["b:3"]
+    assert "out of vocabulary" in results[0].body["error"]["message"]
+    while backend.has_unfinished():
+        results += backend.step()
+    assert sorted(r.key for r in results if r.ok) == ["b:1", "b:4"]
 
 
 def test_backend_step_reports_lines_the_engine_lost() -> None:
