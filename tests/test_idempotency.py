@@ -206,6 +206,24 @@ def test_upload_twice_is_one_file(sdk: openai.OpenAI) -> None:
     assert _file_ids(sdk) == after
 
 
+def test_a_deleted_file_is_not_replayed(sdk: openai.OpenAI) -> None:
+    """The same upload under the same key after its file was deleted makes a new file, not a replay
+    naming one that answers 404 (schemathesis's stateful check, ST302, found that)."""
+    key, content = _key(), jsonl(line("a"))
+    first = sdk.files.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch",
+                             extra_headers={"Idempotency-Key": key})
+    sdk.files.delete(first.id)
+    again = sdk.files.with_raw_response.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch",
+                                               extra_headers={"Idempotency-Key": key})
+    assert again.status_code == 200 and REPLAYED not in again.headers
+    new_id = again.parse().id
+    assert new_id != first.id and sdk.files.retrieve(new_id).id == new_id
+    # and the new answer is the one replayed from now on
+    third = sdk.files.with_raw_response.create(file=("in.jsonl", io.BytesIO(content)), purpose="batch",
+                                               extra_headers={"Idempotency-Key": key})
+    assert third.headers[REPLAYED] == "true" and third.parse().id == new_id
+
+
 def test_a_failed_upload_keeps_nothing(sdk: openai.OpenAI) -> None:
     key, content = _key(), jsonl(line("a"))
     with pytest.raises(openai.BadRequestError) as bad:

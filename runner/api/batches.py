@@ -77,7 +77,8 @@ async def create_batch(request: Request) -> Response:
     body = await json_body(request)
     if key is None:
         return await _create_batch(request, svc, body)
-    return await once(request, svc, BATCHES, key, json_hash(body), lambda: _create_batch(request, svc, body))
+    return await once(request, svc, BATCHES, key, json_hash(body), lambda: _create_batch(request, svc, body),
+                      exists=lambda batch_id: svc.batches.get_any(batch_id) is not None)
 
 
 async def _create_batch(request: Request, svc: Services, body: dict[str, Any]) -> Response:

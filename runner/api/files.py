@@ -104,7 +104,8 @@ async def create_file(request: Request) -> Response:
         # Claimed only now, when the bytes are on disk and their digest known: a replay commits nothing
         # and the temp file goes below.
         return await once(request, svc, FILES, key, upload_hash(form.fields, form.filename,
-                                                                 form.file_sha256.hexdigest()), commit)
+                                                                 form.file_sha256.hexdigest()), commit,
+                          exists=lambda file_id: svc.files.get_any(file_id) is not None)
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -8,7 +8,9 @@ form's fields, the file's name and a digest of its bytes taken while they stream
 - another body: 422 idempotency_key_reused;
 - the same body while the first is still being answered: 409 idempotency_key_in_use (Retry-After: 1;
   the openai SDK retries a 409 by itself and then gets the replay);
-- a first request that failed (any 4xx/5xx, or an exception) keeps nothing: its retry runs afresh.
+- a first request that failed (any 4xx/5xx, or an exception) keeps nothing: its retry runs afresh;
+- a first answer whose object has since been deleted is not replayed (it would name a file or batch
+  that answers 404): the key is forgotten and the request runs afresh.
 The claim/complete/release bookkeeping is runner/store/idempotency.py.
 """
 
@@ -66,10 +68,16 @@ def upload_hash(fields: dict[str, str], filename: str, file_sha256: str) -> str:
 
 
 async def once(request: Request, svc: Services, route: str, key: str, body_hash: str,
-               work: Callable[[], Awaitable[Response]]) -> Response:
-    """Answer with work() at most once per (owner, route, key): replay, refuse, or run and keep the answer."""
+               work: Callable[[], Awaitable[Response]], *,
+               exists: Callable[[str], bool] | None = None) -> Response:
+    """Answer with work() at most once per (owner, route, key): replay, refuse, or run and keep the answer.
+    `exists(object id)`: whether the object a first answer created is still there (not deleted)."""
     who, store = owner(request), svc.idempotency
     claim = await run_in_threadpool(store.claim, who, route, key, body_hash, time.time())
+    if claim.outcome == "replay" and exists is not None and not await run_in_threadpool(
+            _still_there, claim.response, exists):
+        await run_in_threadpool(store.forget, who, route, key)
+        claim = await run_in_threadpool(store.claim, who, route, key, body_hash, time.time())
     if claim.outcome == "replay":
         return Response(claim.response, status_code=claim.status or 200, media_type="application/json",
                         headers={REPLAYED_HEADER: "true"})
@@ -100,6 +108,14 @@ async def once(request: Request, svc: Services, route: str, key: str, body_hash:
     if not kept:
         logger.warning("idempotency key claim was taken over before its answer route=%s", route)
     return response
+
+
+def _still_there(response: str | None, exists: Callable[[str], bool]) -> bool:
+    try:
+        object_id = orjson.loads(response or "{}").get("id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return True  # not an object answer: replay it as it is
+    return not isinstance(object_id, str) or exists(object_id)
 
 
 async def _release(svc: Services, who: str, route: str, key: str, token: float) -> None:

@@ -82,6 +82,12 @@ class IdempotencyStore:
             conn.execute("DELETE FROM idempotency_keys WHERE owner = ? AND route = ? AND key = ? AND created_at = ?"
                          " AND status IS NULL", (owner, route, key, token))
 
+    def forget(self, owner: str, route: str, key: str) -> None:
+        """Forget a kept answer (its object was deleted since): the next request with the key runs afresh."""
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM idempotency_keys WHERE owner = ? AND route = ? AND key = ?"
+                         " AND status IS NOT NULL", (owner, route, key))
+
     def sweep(self, now: float) -> int:
         """Delete the rows older than KEY_TTL; returns how many."""
         with self.db.transaction() as conn:
