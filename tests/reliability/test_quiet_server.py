@@ -54,7 +54,5 @@ def test_sigterm_stops_an_idle_api_at_once(live_server: Callable[..., LiveServer
     server.proc.wait(timeout=10)
     took = time.monotonic() - t0
     assert server.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its shutdown
-    assert "Finished server process" in server.log.read_text() or "Shutting down" in server.log.read_text() \
-        or server.proc.returncode == -signal.SIGTERM
     # waiting for the next one-second tick would take up to a second; the signal wakes the loop
     assert took < 0.6, f"stopped {took:.2f} s after SIGTERM"
